@@ -1,0 +1,41 @@
+"""mlx_local: run open-weight language models locally, on MLX.
+
+>>> import mlx_local
+>>> model = mlx_local.Model.load()          # the embedded default, SmolLM2-135M-Instruct
+>>> print(model.generate("What is the capital of France?").text)
+
+Importing this package first lets it choose the CPU's BLAS before MLX loads
+(see :mod:`mlx_local.runtime`).
+"""
+
+from . import runtime as _runtime
+
+_runtime.prepare()  # before anything below imports mlx
+
+from ._version import __version__  # noqa: E402
+from .errors import (  # noqa: E402
+    InvalidModelError,
+    InvalidOptionError,
+    MLXLocalError,
+    ModelNotFoundError,
+    UnsupportedArchitectureError,
+)
+from .generation import Chunk, GenerationOptions, Result, Stats  # noqa: E402
+from .model import DEFAULT_MODEL, Model  # noqa: E402
+from .runtime import Runtime  # noqa: E402
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Chunk",
+    "GenerationOptions",
+    "InvalidModelError",
+    "InvalidOptionError",
+    "MLXLocalError",
+    "Model",
+    "ModelNotFoundError",
+    "Result",
+    "Runtime",
+    "Stats",
+    "UnsupportedArchitectureError",
+    "__version__",
+]

@@ -1,0 +1,111 @@
+"""Faster quantized layers for MLX's CPU backend.
+
+MLX's CPU quantized matmul is a plain loop: fine for one token, very slow for
+many. Measured on SmolLM2-135M's 576x1536 4-bit projection on the 2-core dev
+machine (float32, OpenBLAS loaded):
+
+=========================  ==========
+38 rows, quantized_matmul  30.0 ms
+38 rows, dequantize + BLAS  2.7 ms
+1 row, quantized_matmul     0.85 ms
+1 row, dequantize + BLAS    1.5 ms
+=========================  ==========
+
+So on the CPU the quantized layers are swapped for subclasses that dequantize
+the weight for one BLAS matmul when several rows come at once (prompt
+processing), and keep MLX's quantized kernel, split over two CPU streams for
+large layers, for single-token decoding. The weights themselves are not
+touched: memory stays that of the quantized model, and saving, loading and
+``mlx_lm`` see ordinary ``QuantizedLinear`` parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+__all__ = ["optimize_for_cpu", "PREFILL_ROWS", "SPLIT_ROWS"]
+
+#: With at least this many input rows, dequantize and use BLAS.
+PREFILL_ROWS = 2
+#: Layers with at least this many output rows are split over two streams when decoding.
+SPLIT_ROWS = 512
+
+_streams: tuple[Any, Any] | None = None
+
+
+def _two_streams() -> tuple[Any, Any]:
+    global _streams
+    if _streams is None:
+        _streams = (mx.new_stream(mx.cpu), mx.new_stream(mx.cpu))
+    return _streams
+
+
+def _rows(x: mx.array) -> int:
+    n = 1
+    for d in x.shape[:-1]:
+        n *= d
+    return n
+
+
+def _qmm(x: mx.array, layer: Any) -> mx.array:
+    """``x @ W.T`` for a quantized layer's W, the fastest way on the CPU."""
+    biases = layer.get("biases")
+    if _rows(x) >= PREFILL_ROWS:
+        w = mx.dequantize(layer.weight, layer.scales, biases, group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+        return x @ w.T
+
+    def part(sl: slice, stream: Any = None) -> mx.array:
+        return mx.quantized_matmul(
+            x,
+            layer.weight[sl],
+            layer.scales[sl],
+            None if biases is None else biases[sl],
+            transpose=True,
+            group_size=layer.group_size,
+            bits=layer.bits,
+            mode=layer.mode,
+            stream=stream,
+        )
+
+    n = layer.weight.shape[0]
+    if n >= SPLIT_ROWS:
+        s1, s2 = _two_streams()
+        half = n // 2
+        return mx.concatenate([part(slice(0, half), s1), part(slice(half, n), s2)], axis=-1)
+    return part(slice(0, n))
+
+
+class CPUQuantizedLinear(nn.QuantizedLinear):
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.mode != "affine":
+            return super().__call__(x)
+        y = _qmm(x, self)
+        if "bias" in self:
+            y = y + self["bias"]
+        return y
+
+
+class CPUQuantizedEmbedding(nn.QuantizedEmbedding):
+    def as_linear(self, x: mx.array) -> mx.array:
+        if self.mode != "affine":
+            return super().as_linear(x)
+        return _qmm(x, self)
+
+
+def optimize_for_cpu(module: nn.Module) -> int:
+    """Swap ``module``'s affine quantized layers for the CPU versions, in place.
+
+    Returns how many layers were swapped.
+    """
+    swapped = 0
+    for _, m in module.named_modules():
+        if type(m) is nn.QuantizedLinear:
+            m.__class__ = CPUQuantizedLinear
+            swapped += 1
+        elif type(m) is nn.QuantizedEmbedding:
+            m.__class__ = CPUQuantizedEmbedding
+            swapped += 1
+    return swapped

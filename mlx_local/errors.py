@@ -1,0 +1,83 @@
+"""Every error mlx_local raises on purpose.
+
+The tree is small, and each class also derives from the built-in exception a
+caller would already catch, so ``except LookupError`` or ``except ValueError``
+keep working::
+
+    MLXLocalError                       base of everything below
+    ├── ModelNotFoundError (LookupError)     no such path / repo / file, or not
+    │                                        downloaded and the hub is out of reach
+    ├── InvalidModelError (ValueError)       it exists but is not a usable model:
+    │   │                                    bad config.json, truncated weights,
+    │   │                                    corrupt GGUF, tokenizer that won't load
+    │   └── UnsupportedArchitectureError     a well-formed model whose architecture
+    │                                        mlx-lm (or our GGUF importer) lacks
+    └── InvalidOptionError (ValueError)      a bad argument: empty prompt,
+                                             max_tokens=-1, top_p=1.5, ...
+
+Every message names the thing at fault (path, repo id, file, architecture or
+option) and says what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidModelError",
+    "InvalidOptionError",
+    "MLXLocalError",
+    "ModelNotFoundError",
+    "UnsupportedArchitectureError",
+]
+
+
+class MLXLocalError(Exception):
+    """Base class of every error raised by mlx_local."""
+
+
+class ModelNotFoundError(MLXLocalError, LookupError):
+    """The model named by ``source`` is not there, or cannot be fetched.
+
+    Attributes:
+        source: the path, repo id or name that was asked for.
+    """
+
+    def __init__(self, message: str, *, source: str) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class InvalidModelError(MLXLocalError, ValueError):
+    """The model exists but cannot be used as it is.
+
+    Attributes:
+        path: the file or folder at fault.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsupportedArchitectureError(InvalidModelError):
+    """The model is well formed but its architecture is not supported.
+
+    Attributes:
+        path: the model file or folder.
+        architecture: the architecture (``model_type`` or GGUF architecture).
+    """
+
+    def __init__(self, message: str, *, path: str, architecture: str) -> None:
+        super().__init__(message, path=path)
+        self.architecture = architecture
+
+
+class InvalidOptionError(MLXLocalError, ValueError):
+    """An argument has a value that cannot work.
+
+    Attributes:
+        option: the name of the argument at fault.
+    """
+
+    def __init__(self, message: str, *, option: str) -> None:
+        super().__init__(message)
+        self.option = option

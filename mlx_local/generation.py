@@ -236,6 +236,7 @@ def generate_tokens(
     text = ""  # everything decoded so far
     emitted = 0  # characters of `text` already yielded
     tokens: list[int] = []
+    reported = 0  # tokens already carried by a chunk
     first_token_at: float | None = None
     finish = "length"
     steps = generate_step(
@@ -257,7 +258,7 @@ def generate_tokens(
             detok.add_token(int(token))
             text += detok.last_segment
             if stops:
-                cut = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in stops) if i >= 0), default=-1)
+                cut = min((i for i in (text.find(s, emitted) for s in stops) if i >= 0), default=-1)
                 if cut >= 0:
                     text = text[:cut]
                     finish = "stop_string"
@@ -266,8 +267,8 @@ def generate_tokens(
             else:
                 safe = len(text)
             if safe > emitted:
-                yield Chunk(text[emitted:safe], (int(token),))
-                emitted = safe
+                yield Chunk(text[emitted:safe], tuple(tokens[reported:]))
+                emitted, reported = safe, len(tokens)
     finally:
         steps.close()
     if finish != "stop_string":
@@ -285,4 +286,4 @@ def generate_tokens(
         peak_memory=int(mx.get_peak_memory()),
         total_time=end - start,
     )
-    yield Chunk(text[emitted:], (), finish, stats)
+    yield Chunk(text[emitted:], tuple(tokens[reported:]), finish, stats)

@@ -12,16 +12,18 @@ Weights:
       repacked bit for bit: same bits, group size 32, no dequantize/requantize
       round trip (see :mod:`mlx_local.gguf_quants`).
     - Other quantized tensors (Q2_K, Q3_K, Q6_K, IQ*, ...) are dequantized with
-      the ``gguf`` package and then, with ``requantize=True``, quantized again
-      by MLX at a width that loses little more (4 bits for 2-3 bit formats,
-      8 bits for the rest), or kept in float32 with ``requantize=False``.
+      the ``gguf`` package and then, with ``weights="quantized"``, quantized
+      again by MLX at a width that loses little more (4 bits for 2-3 bit
+      formats, 8 bits for the rest), or kept in float32 with ``"exact"``.
+    - ``weights="float"`` dequantizes everything to float32 instead (exact
+      values, 4-8x the size; fastest to decode on a CPU).
     - F32/F16/BF16 tensors are kept as they are.
     - llama.cpp permutes the rows of the query and key projections of
       llama-family models (its rotary embedding pairs neighbouring rows); the
       permutation is undone here. Gemma stores norm weights as ``1 + w``; the
       1 is taken off again.
 
-The importer is a pure function of the file and ``requantize``, so imports are
+The importer is a pure function of the file and ``weights``, so imports are
 cached under ``$MLX_LOCAL_HOME/imports`` and happen once per file.
 """
 
@@ -43,10 +45,13 @@ import numpy as np
 
 from ._version import __version__
 from .assets import home
-from .errors import InvalidModelError, UnsupportedArchitectureError
+from .errors import InvalidModelError, InvalidOptionError, UnsupportedArchitectureError
 from .gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 
-__all__ = ["import_gguf", "cached_import_folder"]
+__all__ = ["WEIGHT_MODES", "import_gguf", "cached_import_folder"]
+
+#: How to import weights: see the module docstring.
+WEIGHT_MODES = ("quantized", "exact", "float")
 
 # Bump when the output of the importer changes, so cached imports are redone.
 _IMPORTER_VERSION = 1
@@ -233,7 +238,7 @@ def _requant_bits(qtype: Any) -> int:
 
 
 def _convert_tensors(
-    g: _Gguf, config: dict[str, Any], requantize: bool, progress: Callable[[int, int], None] | None
+    g: _Gguf, config: dict[str, Any], weights_mode: str, progress: Callable[[int, int], None] | None
 ) -> tuple[dict[str, Any], dict[str, Any], Counter[str]]:
     import gguf
     import mlx.core as mx
@@ -270,7 +275,7 @@ def _convert_tensors(
             perm_heads = kv_heads
         prefix = name[: -len(".weight")] if name.endswith(".weight") else None
 
-        if qtype in EXACT_BITS and prefix is not None and len(shape) == 2:
+        if qtype in EXACT_BITS and prefix is not None and len(shape) == 2 and weights_mode != "float":
             wq, scales, biases = to_mlx_affine(np.asarray(t.data), qtype, shape)
             if perm_heads:
                 wq, scales, biases = (_unpermute(a, perm_heads) for a in (wq, scales, biases))
@@ -291,7 +296,7 @@ def _convert_tensors(
             w = w.astype(np.float32) - 1.0
         arr = mx.array(w)
         quantized_source = qtype not in float_types and qtype != gguf.GGMLQuantizationType.BF16
-        if quantized_source and requantize and prefix is not None and len(shape) == 2:
+        if quantized_source and weights_mode == "quantized" and prefix is not None and len(shape) == 2:
             bits = _requant_bits(qtype)
             wq, scales, biases = mx.quantize(arr, group_size=GROUP_SIZE, bits=bits)
             weights[name], weights[f"{prefix}.scales"], weights[f"{prefix}.biases"] = wq, scales, biases
@@ -397,7 +402,7 @@ def import_gguf(
     path: str | os.PathLike[str],
     dest: str | os.PathLike[str],
     *,
-    requantize: bool = True,
+    weights: str = "quantized",
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Import the GGUF file ``path`` as an MLX model folder at ``dest``.
@@ -405,12 +410,18 @@ def import_gguf(
     ``dest`` must not exist; it appears only once complete (the work happens
     in a temporary folder beside it, renamed into place at the end).
 
+    ``weights`` is one of :data:`WEIGHT_MODES` (see the module docstring).
+
     Raises:
         InvalidModelError: the file is not a readable GGUF or lacks a tokenizer.
         UnsupportedArchitectureError: its architecture or tensors have no
             mlx-lm equivalent.
     """
     src, dest = Path(path), Path(dest)
+    if weights not in WEIGHT_MODES:
+        raise InvalidOptionError(
+            f"gguf_weights={weights!r}: choose one of {', '.join(WEIGHT_MODES)}", option="gguf_weights"
+        )
     g = _read(src)
     arch = g.architecture
     if arch not in _ARCHITECTURES:
@@ -432,7 +443,7 @@ def import_gguf(
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
     try:
         stop_ids = _tokenizer(g, tmp)
-        weights, layer_quant, summary = _convert_tensors(g, config, requantize, progress)
+        tensors, layer_quant, summary = _convert_tensors(g, config, weights, progress)
         if stop_ids:
             config["eos_token_id"] = stop_ids if len(stop_ids) > 1 else stop_ids[0]
         if layer_quant:
@@ -441,7 +452,7 @@ def import_gguf(
             quant.update({p: q for p, q in layer_quant.items() if q["bits"] != default})
             config["quantization"] = quant
             config["quantization_config"] = quant
-        _write_weights(weights, tmp)
+        _write_weights(tensors, tmp)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         provenance = {
             "created_by": f"mlx_local {__version__}",
@@ -454,7 +465,7 @@ def import_gguf(
                 "name": g.metadata.get("general.name"),
                 "license": g.metadata.get("general.license"),
             },
-            "import": {"requantize": requantize, "importer_version": _IMPORTER_VERSION, "tensors": dict(summary)},
+            "import": {"weights": weights, "importer_version": _IMPORTER_VERSION, "tensors": dict(summary)},
         }
         (tmp / "mlx_local.json").write_text(json.dumps(provenance, indent=2))
         if dest.exists():
@@ -466,14 +477,14 @@ def import_gguf(
     return dest
 
 
-def cached_import_folder(path: Path, *, requantize: bool) -> Path:
+def cached_import_folder(path: Path, *, weights: str) -> Path:
     """Where the import of ``path`` lives in the import cache.
 
     Keyed by the file's real path, size and modification time and by the
     import options, so a changed file is imported again.
     """
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{requantize}|{_IMPORTER_VERSION}"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{weights}|{_IMPORTER_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)
     return home() / "imports" / f"{stem}-{digest}"

@@ -49,12 +49,12 @@ def _is_gguf_file(path: Path) -> bool:
 
 
 def _local_folder(
-    source: str | os.PathLike[str] | None, *, revision: str | None, offline: bool | None, requantize: bool
+    source: str | os.PathLike[str] | None, *, revision: str | None, offline: bool | None, gguf_weights: str
 ) -> tuple[Path, str]:
     """The MLX/HF model folder for ``source`` (importing a GGUF if needed), and a display name."""
     if source is None:
         gguf_file = assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline))
-        return _import(gguf_file, requantize), "SmolLM2-135M-Instruct"
+        return _import(gguf_file, gguf_weights), "SmolLM2-135M-Instruct"
     if not isinstance(source, (str, os.PathLike)):
         raise InvalidOptionError(
             f"source must be a path, a repo id or a model name, not {type(source).__name__}", option="source"
@@ -64,7 +64,7 @@ def _local_folder(
         if path.is_dir():
             return path.resolve(), path.resolve().name
         if _is_gguf_file(path):
-            return _import(path.resolve(), requantize), path.stem
+            return _import(path.resolve(), gguf_weights), path.stem
         raise InvalidModelError(
             f"{path} is a file but not a GGUF model. Pass a .gguf file or a model folder "
             "(the folder holding config.json).",
@@ -83,12 +83,12 @@ def _local_folder(
     )
 
 
-def _import(gguf_file: Path, requantize: bool) -> Path:
+def _import(gguf_file: Path, gguf_weights: str) -> Path:
     from .gguf_import import cached_import_folder, import_gguf
 
-    folder = cached_import_folder(gguf_file, requantize=requantize)
+    folder = cached_import_folder(gguf_file, weights=gguf_weights)
     if not (folder / "config.json").is_file():
-        import_gguf(gguf_file, folder, requantize=requantize)
+        import_gguf(gguf_file, folder, weights=gguf_weights)
     return folder
 
 
@@ -115,7 +115,7 @@ class Model:
         revision: str | None = None,
         dtype: str | None = None,
         offline: bool | None = None,
-        requantize: bool = True,
+        gguf_weights: str = "quantized",
     ) -> "Model":
         """Load a model.
 
@@ -128,9 +128,12 @@ class Model:
                 Default: the model's own on a GPU, float32 on the CPU.
             offline: never use the network (default: ``HF_HUB_OFFLINE``).
                 The local cache is always tried first either way.
-            requantize: GGUF only. Quant formats that MLX cannot hold exactly
-                (Q2_K, Q3_K, Q6_K, ...) are re-quantized by MLX when True, and
-                kept in float32 when False.
+            gguf_weights: GGUF only; how to import the weights.
+                ``"quantized"`` (default): formats MLX holds exactly (Q4_0,
+                Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K) are repacked without loss,
+                the others (Q2_K, Q3_K, Q6_K, ...) re-quantized by MLX.
+                ``"exact"``: as "quantized", but the others kept in float32.
+                ``"float"``: everything dequantized to float32.
 
         Raises:
             ModelNotFoundError: no such path or repo, or not cached and offline.
@@ -143,8 +146,14 @@ class Model:
         """
         if dtype is not None and dtype not in _DTYPES:
             raise InvalidOptionError(f"dtype={dtype!r}: choose one of {', '.join(_DTYPES)}", option="dtype")
+        from .gguf_import import WEIGHT_MODES
+
+        if gguf_weights not in WEIGHT_MODES:
+            raise InvalidOptionError(
+                f"gguf_weights={gguf_weights!r}: choose one of {', '.join(WEIGHT_MODES)}", option="gguf_weights"
+            )
         rt = runtime.current()
-        folder, name = _local_folder(source, revision=revision, offline=offline, requantize=requantize)
+        folder, name = _local_folder(source, revision=revision, offline=offline, gguf_weights=gguf_weights)
         from .loading import model_dtype, read_config
 
         compute = dtype or rt.compute_dtype(model_dtype(read_config(folder)))

@@ -68,6 +68,9 @@ def prepare() -> None:
     global _blas
     if _blas is None:
         _blas = _load_blas()
+        # mlx-lm uses transformers only for tokenizers; its "PyTorch was not
+        # found" advice is noise for our users. Only advisory warnings go.
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""Shared fixtures.
+
+Every test runs with its own Hugging Face cache and mlx_local home (imports,
+converted models) in temporary folders, so no test touches the user's real
+caches. The fetched assets (real model and tokenizer files) are shared from the
+real asset cache: `python -m mlx_local.assets fetch` puts them there, and a test
+that needs a missing one fails saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+# Before anything imports huggingface_hub or mlx_local: isolate the caches.
+_REAL_ASSETS = (
+    Path(os.environ["MLX_LOCAL_HOME"]).expanduser() if os.environ.get("MLX_LOCAL_HOME") else Path.home() / ".cache" / "mlx_local"
+) / "assets"
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="mlx_local-tests-"))
+os.environ["MLX_LOCAL_HOME"] = str(_SESSION_DIR / "home")
+os.environ["HF_HOME"] = str(_SESSION_DIR / "hf")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_HUB_OFFLINE", None)
+(_SESSION_DIR / "home").mkdir()
+if _REAL_ASSETS.is_dir():
+    (_SESSION_DIR / "home" / "assets").symlink_to(_REAL_ASSETS, target_is_directory=True)
+
+import pytest  # noqa: E402
+
+import mlx_local  # noqa: E402  (chooses the BLAS before mlx is imported)
+from mlx_local import assets  # noqa: E402
+
+
+def asset_path(name: str) -> Path:
+    """The fetched asset, or a test failure that says how to fetch it."""
+    try:
+        return assets.path(name)
+    except mlx_local.ModelNotFoundError as e:
+        pytest.fail(f"Test asset missing: {e} (the README's test command fetches every asset).", pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return asset_path("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf: Path) -> mlx_local.Model:
+    """The real SmolLM2-135M-Instruct, imported from its Q4_1 GGUF (lossless 4-bit)."""
+    return mlx_local.Model.load(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_float(smollm2_gguf: Path) -> mlx_local.Model:
+    """The same model with every weight dequantized to float32."""
+    return mlx_local.Model.load(smollm2_gguf, gguf_weights="float")
+
+
+class NetworkBlocked(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse every socket connection and name lookup; record each attempt.
+
+    Yields the list of attempts, so a test can assert that it stayed empty
+    even when the code under test swallowed the error.
+    """
+    attempts: list[str] = []
+
+    def refuse(what):
+        def _refuse(*args, **kwargs):
+            attempts.append(f"{what}{args[1:] if what == 'connect' else args}")
+            raise NetworkBlocked(f"network access attempted: {what} {args!r}")
+
+        return _refuse
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    yield attempts
+
+
+def put_in_hf_cache(repo_id: str, folder: Path, *, revision: str = "main", commit: str = "0" * 40) -> Path:
+    """Place a model folder in the (test) Hugging Face cache as a download would.
+
+    The layout is huggingface_hub's own: content-addressed blobs, a snapshot
+    of symlinks per commit, and a ref naming the commit.
+    """
+    import hashlib
+
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for f in sorted(Path(folder).iterdir()):
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        if not blob.exists():
+            blob.write_bytes(data)
+        link = snapshot / f.name
+        if not link.exists():
+            link.symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot

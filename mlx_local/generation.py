@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 from .errors import InvalidOptionError
 
-__all__ = ["Chunk", "GenerationOptions", "Result", "Stats", "generate_tokens"]
+__all__ = ["Chunk", "GenerationOptions", "Result", "Stats", "collect", "generate_tokens"]
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,18 @@ class Stats:
     """What one generation cost.
 
     Attributes:
-        prompt_tokens: tokens in the prompt.
+        prompt_tokens: tokens in the prompt (cached ones included).
         generated_tokens: tokens generated (the stop token included).
         time_to_first_token: seconds from the call to the first generated token.
-        prompt_tps: prompt tokens processed per second.
+        prompt_tps: prompt tokens processed per second (cached ones excluded).
         decode_tps: generated tokens per second after the first.
         peak_memory: the most memory MLX held during the call, in bytes
             (model weights included).
         total_time: seconds for the whole call.
+        cached_tokens: prompt tokens that came from a KV cache (chats reuse
+            the previous turns'), so were not processed again.
+        thinking_tokens: generated tokens inside a think block (tags excluded).
+        answer_tokens: generated tokens of the answer.
     """
 
     prompt_tokens: int
@@ -134,14 +138,19 @@ class Stats:
     decode_tps: float
     peak_memory: int
     total_time: float
+    cached_tokens: int = 0
+    thinking_tokens: int = 0
+    answer_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
+        cached = f" ({self.cached_tokens} from cache)" if self.cached_tokens else ""
+        thinking = f" ({self.thinking_tokens} thinking)" if self.thinking_tokens else ""
         return (
-            f"{self.prompt_tokens} prompt tokens at {self.prompt_tps:.1f} tok/s, "
-            f"{self.generated_tokens} generated at {self.decode_tps:.1f} tok/s, "
+            f"{self.prompt_tokens} prompt tokens{cached} at {self.prompt_tps:.1f} tok/s, "
+            f"{self.generated_tokens} generated{thinking} at {self.decode_tps:.1f} tok/s, "
             f"first token after {self.time_to_first_token * 1000:.0f} ms, "
             f"peak memory {self.peak_memory / 2**20:.0f} MiB"
         )
@@ -149,12 +158,18 @@ class Stats:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of streamed text. The last chunk has ``finish_reason`` and ``stats``."""
+    """A piece of streamed text.
+
+    ``kind`` is ``"content"`` (the answer) or ``"thinking"`` (reasoning inside
+    a think block; the tags themselves never appear). The last chunk has
+    ``finish_reason`` and ``stats``.
+    """
 
     text: str
     token_ids: tuple[int, ...] = ()
     finish_reason: str | None = None
     stats: Stats | None = None
+    kind: str = "content"
 
 
 @dataclass(frozen=True)
@@ -162,20 +177,39 @@ class Result:
     """The outcome of ``Model.generate``.
 
     Attributes:
-        text: the generated text (stop string excluded).
+        text: the generated answer (stop string and thinking excluded).
         finish_reason: ``"stop"`` (end-of-sequence token), ``"stop_string"``
             (one of ``stop`` appeared) or ``"length"`` (``max_tokens`` reached).
         stats: timing and memory, see :class:`Stats`.
         token_ids: the generated token ids.
+        thinking: the reasoning of a thinking model, or None.
     """
 
     text: str
     finish_reason: str
     stats: Stats
     token_ids: tuple[int, ...] = field(default=(), repr=False)
+    thinking: str | None = None
 
     def __str__(self) -> str:
         return self.text
+
+
+def collect(chunks: Iterator[Chunk]) -> tuple[str, str | None, str, Stats, tuple[int, ...]]:
+    """Drain a chunk stream: (content, thinking or None, finish_reason, stats, token ids)."""
+    content: list[str] = []
+    thinking: list[str] = []
+    ids: list[int] = []
+    last: Chunk | None = None
+    saw_thinking = False
+    for chunk in chunks:
+        (thinking if chunk.kind == "thinking" else content).append(chunk.text)
+        saw_thinking = saw_thinking or chunk.kind == "thinking"
+        ids.extend(chunk.token_ids)
+        last = chunk
+    assert last is not None and last.stats is not None and last.finish_reason is not None
+    has_thinking = saw_thinking or last.stats.thinking_tokens > 0
+    return "".join(content), ("".join(thinking) if has_thinking else None), last.finish_reason, last.stats, tuple(ids)
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -212,15 +246,23 @@ def generate_tokens(
     *,
     logits_processors: Sequence[Any] = (),
     prompt_cache: Any = None,
+    cached_tokens: int = 0,
+    think_tags: Any = None,
+    thinking_inside: bool = False,
 ) -> Iterator[Chunk]:
     """Run generation and yield text chunks; the last one carries the stats.
 
-    ``logits_processors`` run after the sampling options' own processors
-    (the chat uses them to steer thinking). ``prompt_cache`` is an mlx-lm KV
-    cache to continue from; ``prompt_ids`` are then the tokens not in it.
+    ``logits_processors`` run after the sampling options' own processors.
+    ``prompt_cache`` is an mlx-lm KV cache holding ``cached_tokens`` tokens of
+    the prompt; ``prompt_ids`` are then the tokens not in it. ``think_tags``
+    (a :class:`~mlx_local.thinking.ThinkTags`) makes think blocks come out as
+    ``kind="thinking"`` chunks; ``thinking_inside`` says the prompt opened one.
+    Stop strings apply to the answer only.
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step
+
+    from .thinking import Splitter
 
     start = time.perf_counter()
     mx.reset_peak_memory()
@@ -230,15 +272,37 @@ def generate_tokens(
     processors = processors + list(logits_processors)
     eos = set(tokenizer.eos_token_ids)
     stops = options.stop
-    detok = tokenizer.detokenizer
-    detok.reset()
+    splitter = Splitter(tokenizer.detokenizer, think_tags, inside=thinking_inside)
 
-    text = ""  # everything decoded so far
-    emitted = 0  # characters of `text` already yielded
+    content = ""  # the answer decoded so far
+    emitted = 0  # characters of `content` already yielded
     tokens: list[int] = []
     reported = 0  # tokens already carried by a chunk
     first_token_at: float | None = None
     finish = "length"
+
+    def chunks(pieces: list[tuple[str, str]], final: bool = False) -> Iterator[Chunk]:
+        """Chunks for `pieces`; returns early (finish set) when a stop string appears."""
+        nonlocal content, emitted, reported, finish
+        for kind, text in pieces:
+            if kind == "thinking":
+                yield Chunk(text, tuple(tokens[reported:]), kind="thinking")
+                reported = len(tokens)
+                continue
+            content += text
+            if stops:
+                cut = min((i for i in (content.find(s, emitted) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    content = content[:cut]
+                    finish = "stop_string"
+                    return
+                safe = len(content) if final else len(content) - _held_back(content, stops)
+            else:
+                safe = len(content)
+            if safe > emitted:
+                yield Chunk(content[emitted:safe], tuple(tokens[reported:]))
+                emitted, reported = safe, len(tokens)
+
     steps = generate_step(
         mx.array(list(prompt_ids), dtype=mx.uint32),
         module,
@@ -255,35 +319,26 @@ def generate_tokens(
             if token in eos:
                 finish = "stop"
                 break
-            detok.add_token(int(token))
-            text += detok.last_segment
-            if stops:
-                cut = min((i for i in (text.find(s, emitted) for s in stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    text = text[:cut]
-                    finish = "stop_string"
-                    break
-                safe = len(text) - _held_back(text, stops)
-            else:
-                safe = len(text)
-            if safe > emitted:
-                yield Chunk(text[emitted:safe], tuple(tokens[reported:]))
-                emitted, reported = safe, len(tokens)
+            yield from chunks(splitter.add(int(token)))
+            if finish == "stop_string":
+                break
     finally:
         steps.close()
     if finish != "stop_string":
-        detok.finalize()
-        text += detok.last_segment
+        yield from chunks(splitter.finish(), final=True)
     end = time.perf_counter()
     first = first_token_at or end
     n = len(tokens)
     stats = Stats(
-        prompt_tokens=len(prompt_ids),
+        prompt_tokens=cached_tokens + len(prompt_ids),
         generated_tokens=n,
         time_to_first_token=first - start,
         prompt_tps=len(prompt_ids) / max(first - start, 1e-9),
         decode_tps=(n - 1) / (end - first) if n > 1 and end > first else 0.0,
         peak_memory=int(mx.get_peak_memory()),
         total_time=end - start,
+        cached_tokens=cached_tokens,
+        thinking_tokens=splitter.thinking_tokens,
+        answer_tokens=splitter.content_tokens,
     )
-    yield Chunk(text[emitted:], tuple(tokens[reported:]), finish, stats)
+    yield Chunk(content[emitted:], tuple(tokens[reported:]), finish, stats)

@@ -7,12 +7,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 from . import assets, hub, runtime
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
-from .generation import Chunk, GenerationOptions, Result, generate_tokens
+from .generation import Chunk, GenerationOptions, Result, collect, generate_tokens
 from .loading import LoadedFolder, load_folder
+from .thinking import ThinkTags
 
 __all__ = ["Model", "DEFAULT_MODEL"]
 
@@ -92,6 +93,18 @@ def _import(gguf_file: Path, gguf_weights: str) -> Path:
     return folder
 
 
+def _merge_system(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+    """Messages with a leading system message folded into the first user message."""
+    if not messages or messages[0].get("role") != "system":
+        return None
+    rest = [dict(m) for m in messages[1:]]
+    for m in rest:
+        if m.get("role") == "user":
+            m["content"] = f"{messages[0]['content']}\n\n{m['content']}"
+            return rest
+    return [{"role": "user", "content": str(messages[0]["content"])}] + rest
+
+
 class Model:
     """A language model loaded for generation.
 
@@ -102,6 +115,7 @@ class Model:
     def __init__(self, loaded: LoadedFolder, *, name: str, path: Path, dtype: str, rt: runtime.Runtime) -> None:
         self._loaded = loaded
         self._defaults = GenerationOptions.from_generation_config(loaded.generation_config)
+        self.think_tags = ThinkTags.of(loaded.tokenizer)
         self.name = name
         self.path = path
         self.dtype = dtype
@@ -221,12 +235,16 @@ class Model:
 
     def encode(self, prompt: Prompt, *, raw: bool = False) -> list[int]:
         """The token ids ``generate`` would feed the model for ``prompt``."""
+        return self._prepare(prompt, raw)[0]
+
+    def _prepare(self, prompt: Prompt, raw: bool) -> tuple[list[int], bool]:
+        """Token ids for ``prompt``, and whether the prompt opened a think block."""
         tok = self.tokenizer
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise InvalidOptionError("The prompt is empty; give the model something to respond to.", option="prompt")
             if raw or not tok.has_chat_template:
-                return list(tok.encode(prompt))
+                return list(tok.encode(prompt)), False
             messages: list[dict[str, str]] = [{"role": "user", "content": prompt}]
         else:
             if raw:
@@ -238,7 +256,8 @@ class Model:
                     "pass a string (it is sent as-is).",
                     option="prompt",
                 )
-        return self._apply_template(messages)
+        text = self.render(messages)
+        return self.tokenize_rendered(text), self.opens_thinking(text)
 
     @staticmethod
     def _check_messages(prompt: Any) -> list[dict[str, str]]:
@@ -259,31 +278,64 @@ class Model:
             raise InvalidOptionError("Every message is empty; give the model something to respond to.", option="prompt")
         return messages
 
-    def _apply_template(self, messages: list[dict[str, str]], **template_kwargs: Any) -> list[int]:
+    def render(self, messages: Sequence[Mapping[str, Any]], **template_kwargs: Any) -> str:
+        """The prompt text the chat template makes of ``messages`` (generation prompt added).
+
+        Templates that reject a system message (no system role) get it merged
+        into the first user message instead, as those model families expect.
+        """
         tok = self.tokenizer
         try:
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+            return str(tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False, **template_kwargs))
         except Exception as e:  # jinja2 TemplateError, raise_exception() in templates
+            merged = _merge_system(messages)
+            if merged is not None:
+                try:
+                    return str(tok.apply_chat_template(merged, add_generation_prompt=True, tokenize=False, **template_kwargs))
+                except Exception:
+                    pass
             raise InvalidOptionError(
                 f"{self.name}'s chat template rejected these messages: {e}", option="prompt"
             ) from e
-        return list(tok.encode(text, add_special_tokens=False))
+
+    def tokenize_rendered(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt (the template wrote any BOS itself)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def opens_thinking(self, rendered: str) -> bool:
+        """Whether a rendered prompt ends inside an open think block."""
+        return self.think_tags is not None and rendered.rstrip().endswith(self.think_tags.start)
 
     # ----------------------------------------------------------- generating
 
-    def stream(self, prompt: Prompt, *, raw: bool = False, **options: Any) -> Iterator[Chunk]:
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        raw: bool = False,
+        logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
+        **options: Any,
+    ) -> Iterator[Chunk]:
         """Generate, yielding text as it comes; the last chunk carries ``stats``.
 
         ``prompt`` is a string (sent through the chat template as one user
         message, or as-is with ``raw=True``) or a list of
         ``{"role", "content"}`` messages. ``options`` are the fields of
         :class:`GenerationOptions`; unset ones take the model's defaults.
+        ``logits_processors`` (advanced) are mlx-lm logits processors,
+        ``f(tokens, logits) -> logits``, applied after the sampling options.
+        A thinking model's reasoning comes as ``kind="thinking"`` chunks.
         """
         opts = self._defaults.updated(**options)
-        ids = self.encode(prompt, raw=raw)
-        return self._run(ids, opts)
+        ids, inside = self._prepare(prompt, raw)
+        return self.run(ids, opts, logits_processors=logits_processors, thinking_inside=inside)
 
-    def _run(self, ids: list[int], opts: GenerationOptions, **kwargs: Any) -> Iterator[Chunk]:
+    def run(self, ids: Sequence[int], opts: GenerationOptions, **kwargs: Any) -> Iterator[Chunk]:
+        """Generate from token ids (the layer ``stream`` and ``Chat`` share).
+
+        ``kwargs`` go to :func:`mlx_local.generation.generate_tokens`.
+        """
+        kwargs.setdefault("think_tags", self.think_tags)
         if self.runtime.backend == "metal":
             from mlx_lm.generate import wired_limit
 
@@ -292,21 +344,22 @@ class Model:
         else:
             yield from generate_tokens(self.module, self.tokenizer, ids, opts, **kwargs)
 
-    def generate(self, prompt: Prompt, *, raw: bool = False, **options: Any) -> Result:
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        raw: bool = False,
+        logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
+        **options: Any,
+    ) -> Result:
         """Generate a whole answer. Same arguments as :meth:`stream`.
 
         >>> model.generate("Name a colour.", max_tokens=8, seed=1)  # doctest: +SKIP
         Result(text='Blue.', finish_reason='stop', stats=Stats(...))
         """
-        parts: list[str] = []
-        ids: list[int] = []
-        last: Chunk | None = None
-        for chunk in self.stream(prompt, raw=raw, **options):
-            parts.append(chunk.text)
-            ids.extend(chunk.token_ids)
-            last = chunk
-        assert last is not None and last.stats is not None and last.finish_reason is not None
-        return Result("".join(parts), last.finish_reason, last.stats, tuple(ids))
+        chunks = self.stream(prompt, raw=raw, logits_processors=logits_processors, **options)
+        text, thinking, finish, stats, ids = collect(chunks)
+        return Result(text, finish, stats, ids, thinking)
 
     # -------------------------------------------------------------- saving
 

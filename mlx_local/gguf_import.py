@@ -54,7 +54,7 @@ __all__ = ["WEIGHT_MODES", "import_gguf", "cached_import_folder"]
 WEIGHT_MODES = ("quantized", "exact", "float")
 
 # Bump when the output of the importer changes, so cached imports are redone.
-_IMPORTER_VERSION = 1
+_IMPORTER_VERSION = 2
 
 # GGUF architecture -> (mlx-lm model_type, undo q/k permutation, norms stored as 1+w)
 _ARCHITECTURES: dict[str, tuple[str, bool, bool]] = {
@@ -167,9 +167,16 @@ def _config(g: _Gguf) -> dict[str, Any]:
     if arch == "qwen2":
         config["attention_bias"] = "blk.0.attn_q.bias" in names
     if arch == "gemma3":
-        config["query_pre_attn_scalar"] = config["head_dim"]
-        config["sliding_window"] = int(g.arch_key("attention.sliding_window", 512))
-        config["sliding_window_pattern"] = 6  # llama.cpp hard-codes it too
+        # As llama.cpp: Gemma 3 27B (the only one with 62 layers) scales the
+        # queries by hidden_size / heads (168), every other size by head_dim.
+        layers = config["num_hidden_layers"]
+        config["query_pre_attn_scalar"] = hidden // heads if layers == 62 else config["head_dim"]
+        # One global layer in six with a local rope base of 10000, hard-coded
+        # in llama.cpp too; a file without a window (a model converted with
+        # sliding_window_pattern 1) has global attention in every layer.
+        window = int(g.arch_key("attention.sliding_window", 0) or 0)
+        config["sliding_window"] = window if window > 0 else config["max_position_embeddings"]
+        config["sliding_window_pattern"] = 6 if window > 0 else 1
         config["rope_local_base_freq"] = 10000.0
     return config
 

@@ -13,7 +13,9 @@ from . import runtime as _runtime
 _runtime.prepare()  # before anything below imports mlx
 
 from ._version import __version__  # noqa: E402
+from .chat import Chat, Reply  # noqa: E402
 from .errors import (  # noqa: E402
+    ChatError,
     InvalidModelError,
     InvalidOptionError,
     MLXLocalError,
@@ -26,6 +28,8 @@ from .runtime import Runtime  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Chat",
+    "ChatError",
     "Chunk",
     "GenerationOptions",
     "InvalidModelError",
@@ -33,6 +37,7 @@ __all__ = [
     "MLXLocalError",
     "Model",
     "ModelNotFoundError",
+    "Reply",
     "Result",
     "Runtime",
     "Stats",

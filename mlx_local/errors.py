@@ -12,8 +12,11 @@ keep working::
     │   │                                    corrupt GGUF, tokenizer that won't load
     │   └── UnsupportedArchitectureError     a well-formed model whose architecture
     │                                        mlx-lm (or our GGUF importer) lacks
-    └── InvalidOptionError (ValueError)      a bad argument: empty prompt,
-                                             max_tokens=-1, top_p=1.5, ...
+    ├── InvalidOptionError (ValueError)      a bad argument: empty prompt,
+    │                                        max_tokens=-1, top_p=1.5, ...
+    └── ChatError (ValueError)               a chat cannot do what was asked:
+                                             undo() with nothing to undo, a file
+                                             that is not a saved chat
 
 Every message names the thing at fault (path, repo id, file, architecture or
 option) and says what to do about it.
@@ -24,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "InvalidModelError",
     "InvalidOptionError",
+    "ChatError",
     "MLXLocalError",
     "ModelNotFoundError",
     "UnsupportedArchitectureError",
@@ -81,3 +85,15 @@ class InvalidOptionError(MLXLocalError, ValueError):
     def __init__(self, message: str, *, option: str) -> None:
         super().__init__(message)
         self.option = option
+
+
+class ChatError(MLXLocalError, ValueError):
+    """A chat cannot do what was asked; the chat is left as it was.
+
+    Attributes:
+        path: the chat file at fault, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -7,13 +7,16 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
 from . import assets, hub, runtime
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 from .generation import Chunk, GenerationOptions, Result, collect, generate_tokens
 from .loading import LoadedFolder, load_folder
 from .thinking import ThinkTags
+
+if TYPE_CHECKING:
+    from .chat import Chat
 
 __all__ = ["Model", "DEFAULT_MODEL"]
 
@@ -360,6 +363,22 @@ class Model:
         chunks = self.stream(prompt, raw=raw, logits_processors=logits_processors, **options)
         text, thinking, finish, stats, ids = collect(chunks)
         return Result(text, finish, stats, ids, thinking)
+
+    def chat(
+        self,
+        system: str | None = None,
+        *,
+        thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        reuse_cache: bool = True,
+        **default_options: Any,
+    ) -> "Chat":
+        """Start a :class:`~mlx_local.Chat` with this model (see there for the arguments)."""
+        from .chat import Chat
+
+        return Chat(
+            self, system=system, thinking=thinking, thinking_budget=thinking_budget, reuse_cache=reuse_cache, **default_options
+        )
 
     # -------------------------------------------------------------- saving
 

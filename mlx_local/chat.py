@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .errors import ChatError, InvalidOptionError
+from .fileio import write_text_atomic
 from .generation import Chunk, GenerationOptions, Stats
 from .thinking import ThinkingBudget
 
@@ -386,20 +386,7 @@ class Chat:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the chat as JSON, atomically (a crash never leaves half a file)."""
-        path = Path(path).expanduser()
-        data = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(Path(path).expanduser(), json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: "Model") -> "Chat":

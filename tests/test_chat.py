@@ -8,8 +8,6 @@ drives it through the real generation loop (nothing is mocked).
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import mlx.core as mx
 import pytest

@@ -13,7 +13,7 @@ import os
 import mlx_local
 
 model = mlx_local.Model.load(os.environ.get("MLX_LOCAL_MODEL"))
-chat = model.chat(system="You are a helpful assistant.", max_tokens=80, repetition_penalty=1.1)
+chat = model.chat(system="You are a helpful assistant.", max_tokens=100)
 thinks = chat.support != "none"
 
 questions = ["I have a dog called Biscuit.", "What is the capital of France?", "What is my dog called?"]

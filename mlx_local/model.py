@@ -92,7 +92,11 @@ def _import(gguf_file: Path, gguf_weights: str) -> Path:
 
     folder = cached_import_folder(gguf_file, weights=gguf_weights)
     if not (folder / "config.json").is_file():
-        import_gguf(gguf_file, folder, weights=gguf_weights)
+        try:
+            import_gguf(gguf_file, folder, weights=gguf_weights)
+        except OSError:
+            if not (folder / "config.json").is_file():  # not another process's finished import
+                raise
     return folder
 
 

@@ -307,14 +307,11 @@ class Chat:
     def _reusable_prefix(self, ids: list[int]) -> tuple[Any, int]:
         """(cache, tokens of ``ids`` already in it), trimming or rebuilding the cache."""
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+        from mlx_lm.utils import common_prefix_len
 
         if self.reuse_cache and self._cache is not None:
-            common = 0
-            for a, b in zip(self._cache_tokens, ids):
-                if a != b:
-                    break
-                common += 1
-            common = min(common, len(ids) - 1)  # at least one token to process
+            # At least one token must be processed to get the next one's logits.
+            common = min(common_prefix_len(self._cache_tokens, ids), len(ids) - 1)
             excess = len(self._cache_tokens) - common
             if common > 0 and excess == 0:
                 return self._cache, common

@@ -14,6 +14,7 @@ _runtime.prepare()  # before anything below imports mlx
 
 from ._version import __version__  # noqa: E402
 from .chat import Chat, Reply  # noqa: E402
+from .convert import Candidate, ConversionReport, convert  # noqa: E402
 from .errors import (  # noqa: E402
     ChatError,
     InvalidModelError,
@@ -24,23 +25,28 @@ from .errors import (  # noqa: E402
 )
 from .generation import Chunk, GenerationOptions, Result, Stats  # noqa: E402
 from .model import DEFAULT_MODEL, Model  # noqa: E402
+from .quality import Quality  # noqa: E402
 from .runtime import Runtime  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Candidate",
     "Chat",
     "ChatError",
     "Chunk",
+    "ConversionReport",
     "GenerationOptions",
     "InvalidModelError",
     "InvalidOptionError",
     "MLXLocalError",
     "Model",
     "ModelNotFoundError",
+    "Quality",
     "Reply",
     "Result",
     "Runtime",
     "Stats",
     "UnsupportedArchitectureError",
     "__version__",
+    "convert",
 ]

@@ -40,3 +40,9 @@ def test_chat_example(smollm2_gguf, script):
     proc = run(script)
     assert proc.returncode == 0, proc.stderr
     assert "Biscuit" in proc.stdout.split("What is my dog called?")[-1]
+
+
+def test_convert_and_compare_example(smollm2_gguf, tmp_path):
+    proc = run("convert_and_compare.py", MLX_LOCAL_HOME=os.environ["MLX_LOCAL_HOME"], TMPDIR=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "KL" in proc.stdout or "kl" in proc.stdout.lower()

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 from ._version import __version__
 from .errors import InvalidModelError, InvalidOptionError
-from .fileio import sha256_of
+from .fileio import replace_dir, sha256_of
 from .quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Quality, Reference, check_runs, text_digest
 
 __all__ = [
@@ -611,20 +611,9 @@ def _check_apart(dest: Path, src: _Source) -> None:
 
 def _swap_in(new: Path, dest: Path, work: Path, overwrite: bool) -> None:
     """Put ``new`` at ``dest``; an existing ``dest`` is moved aside first and deleted after."""
-    if dest.exists():
-        if not overwrite:  # it appeared while we worked (another conversion?)
-            raise InvalidOptionError(
-                f"{dest} appeared while converting; pass overwrite=True to replace it.", option="dest"
-            )
-        old = work / "previous"
-        os.replace(dest, old)
-        try:
-            os.replace(new, dest)
-        except BaseException:
-            os.replace(old, dest)
-            raise
-    else:
-        os.replace(new, dest)
+    if dest.exists() and not overwrite:  # it appeared while we worked (another conversion?)
+        raise InvalidOptionError(f"{dest} appeared while converting; pass overwrite=True to replace it.", option="dest")
+    replace_dir(new, dest, work / "previous")
 
 
 # ----------------------------------------------------------------- convert

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["sha256_of", "write_text_atomic"]
+__all__ = ["replace_dir", "sha256_of", "write_text_atomic"]
 
 
 def sha256_of(path: Path) -> str:
@@ -33,3 +33,20 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_dir(new: Path, dest: Path, aside: Path) -> None:
+    """Move the complete folder ``new`` to ``dest`` by rename.
+
+    An existing ``dest`` is first renamed to ``aside`` and renamed back if the
+    move fails; deleting ``aside`` afterwards is the caller's job.
+    """
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    os.replace(dest, aside)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(aside, dest)
+        raise

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Un
 
 from . import assets, hub, runtime
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
+from .fileio import replace_dir
 from .generation import Chunk, GenerationOptions, Result, collect, generate_tokens
 from .loading import LoadedFolder, load_folder
 from .thinking import ThinkTags
@@ -402,13 +403,9 @@ class Model:
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
         try:
             shutil.copytree(self.path, tmp, dirs_exist_ok=True)
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-                os.replace(dest, old)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            replace_dir(tmp, dest, old)
+            shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -140,8 +140,8 @@ def model_dtype(config: dict[str, Any]) -> str:
     return "float16"
 
 
-def load_folder(folder: Path, *, dtype: str | None, compute_dtype: str) -> LoadedFolder:
-    """Load the model in ``folder`` and cast it to ``dtype`` (or ``compute_dtype``).
+def load_folder(folder: Path, *, dtype: str) -> LoadedFolder:
+    """Load the model in ``folder`` and cast its floating-point weights to ``dtype``.
 
     Raises:
         ModelNotFoundError: the folder does not exist.
@@ -167,8 +167,7 @@ def load_folder(folder: Path, *, dtype: str | None, compute_dtype: str) -> Loade
         ) from e
 
     stored = model_dtype(config)
-    target = dtype or compute_dtype
-    module.set_dtype(getattr(mx, target))
+    module.set_dtype(getattr(mx, dtype))
     try:
         mx.eval(module.parameters())
     except (ValueError, RuntimeError) as e:

@@ -179,7 +179,7 @@ class Model:
         from .loading import model_dtype, read_config
 
         compute = dtype or rt.compute_dtype(model_dtype(read_config(folder)))
-        loaded = load_folder(folder, dtype=compute, compute_dtype=compute)
+        loaded = load_folder(folder, dtype=compute)
         if not rt.on_gpu:
             from .cpu_kernels import optimize_for_cpu
 

@@ -15,8 +15,11 @@ _runtime.prepare()  # before anything below imports mlx
 from ._version import __version__  # noqa: E402
 from .chat import Chat, Reply  # noqa: E402
 from .convert import Candidate, ConversionReport, convert  # noqa: E402
+from .catalog import CatalogEntry  # noqa: E402
 from .errors import (  # noqa: E402
     ChatError,
+    GatedModelError,
+    InsufficientMemoryError,
     InvalidModelError,
     InvalidOptionError,
     MLXLocalError,
@@ -24,24 +27,34 @@ from .errors import (  # noqa: E402
     UnsupportedArchitectureError,
 )
 from .generation import Chunk, GenerationOptions, Result, Stats  # noqa: E402
+from .memory import DeviceInfo, MemoryEstimate, device_info, estimate_memory  # noqa: E402
 from .model import DEFAULT_MODEL, Model  # noqa: E402
 from .quality import Quality  # noqa: E402
 from .runtime import Runtime  # noqa: E402
+from .store import CatalogModel, LocalModel, Removed, local_models, models, pull, remove  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",
     "Candidate",
+    "CatalogEntry",
+    "CatalogModel",
     "Chat",
     "ChatError",
     "Chunk",
     "ConversionReport",
+    "DeviceInfo",
+    "GatedModelError",
     "GenerationOptions",
+    "InsufficientMemoryError",
     "InvalidModelError",
     "InvalidOptionError",
+    "LocalModel",
     "MLXLocalError",
+    "MemoryEstimate",
     "Model",
     "ModelNotFoundError",
     "Quality",
+    "Removed",
     "Reply",
     "Result",
     "Runtime",
@@ -49,4 +62,10 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "convert",
+    "device_info",
+    "estimate_memory",
+    "local_models",
+    "models",
+    "pull",
+    "remove",
 ]

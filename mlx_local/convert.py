@@ -481,22 +481,28 @@ class _Source:
     original: Path | None  # the GGUF file or the given folder
 
 
-def _resolve(source: Any, revision: str | None, offline: bool | None) -> _Source:
-    from .model import _local_folder
+def _default_name(source: Any, bits: int | None, group_size: int, recipe: str | None) -> str:
+    """``qwen3-0.6b-4bit-g64``, ``smollm2-135m-auto``, ... for a conversion into the models folder."""
+    if source is None:
+        stem = "smollm2-135m"
+    else:
+        stem = Path(str(source)).name
+        stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
+    settings = recipe or (f"{bits}bit-g{group_size}" if bits else "float")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{stem}-{settings}").lower()
 
-    if source is not None and not isinstance(source, (str, os.PathLike)):
-        raise InvalidOptionError(
-            f"source must be a path, a repo id or a model name, not {type(source).__name__}", option="source"
-        )
-    path = Path(source).expanduser() if source is not None else None
-    folder, name = _local_folder(source, revision=revision, offline=offline, gguf_weights="float")
-    if path is None:
-        return _Source(name, "gguf", folder, None)
-    if path.is_file():
-        return _Source(str(source), "gguf", folder, path.resolve())
-    if path.is_dir():
-        return _Source(str(source), "folder", folder, folder)
-    return _Source(str(source), "repo", folder, None)
+
+def _resolve(source: Any, revision: str | None, offline: bool | None) -> _Source:
+    from .sources import local_folder, locate
+
+    located = locate(source, offline=offline)
+    folder = local_folder(located, revision=revision, offline=offline, gguf_weights="float")
+    given = located.name if source is None else str(source)
+    if located.kind in ("default", "gguf"):
+        return _Source(given, "gguf", folder, None if source is None else located.path)
+    if located.kind == "folder":
+        return _Source(given, "folder", folder, folder)
+    return _Source(located.repo or given, "repo", folder, None)
 
 
 def _describe(src: _Source, revision: str | None) -> tuple[dict[str, Any], int]:
@@ -533,11 +539,11 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 
 def _check_model(folder: Path) -> dict[str, Any]:
-    from .loading import _check_weights, _model_classes, read_config
+    from .loading import check_weights, _model_classes, read_config
 
     config = read_config(folder)
     _model_classes(config, folder)
-    _check_weights(folder)
+    check_weights(folder)
     return config
 
 
@@ -621,7 +627,7 @@ def _swap_in(new: Path, dest: Path, work: Path, overwrite: bool) -> None:
 
 def convert(
     source: str | os.PathLike[str] | None,
-    dest: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | None = None,
     *,
     bits: int | None = 4,
     group_size: int = 64,
@@ -642,6 +648,9 @@ def convert(
             ``.gguf`` file, or ``None`` for the default model (as
             :meth:`Model.load`).
         dest: the folder to write. It must not exist, unless ``overwrite``.
+            None: a folder named after the source and the settings in the
+            models folder (``$MLX_LOCAL_MODELS``), from which
+            ``Model.load(name)`` loads it by that name.
         bits: 2, 3, 4, 5, 6 or 8; ``None`` keeps the weights unquantized
             (only ``dtype`` changes).
         group_size: 32, 64 or 128 weights per scale (smaller: more accurate,
@@ -694,6 +703,10 @@ def convert(
         if progress is not None:
             progress(stage, fraction)
 
+    if dest is None:
+        from .sources import models_dir
+
+        dest = models_dir() / _default_name(source, bits, group_size, recipe)
     if not isinstance(dest, (str, os.PathLike)) or not str(dest).strip():
         raise InvalidOptionError("dest must be the path of the folder to write.", option="dest")
     dest = Path(dest).expanduser().absolute()

@@ -5,13 +5,16 @@ caller would already catch, so ``except LookupError`` or ``except ValueError``
 keep working::
 
     MLXLocalError                       base of everything below
-    ├── ModelNotFoundError (LookupError)     no such path / repo / file, or not
-    │                                        downloaded and the hub is out of reach
+    ├── ModelNotFoundError (LookupError)     no such path / repo / file / name, or
+    │   │                                    not downloaded and the hub is out of reach
+    │   └── GatedModelError                  the repo wants its licence accepted first
     ├── InvalidModelError (ValueError)       it exists but is not a usable model:
     │   │                                    bad config.json, truncated weights,
     │   │                                    corrupt GGUF, tokenizer that won't load
     │   └── UnsupportedArchitectureError     a well-formed model whose architecture
     │                                        mlx-lm (or our GGUF importer) lacks
+    ├── InsufficientMemoryError (MemoryError) the model would not fit in this
+    │                                        machine's memory (checked before loading)
     ├── InvalidOptionError (ValueError)      a bad argument: empty prompt,
     │                                        max_tokens=-1, top_p=1.5, ...
     └── ChatError (ValueError)               a chat cannot do what was asked:
@@ -25,6 +28,8 @@ option) and says what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "GatedModelError",
+    "InsufficientMemoryError",
     "InvalidModelError",
     "InvalidOptionError",
     "ChatError",
@@ -48,6 +53,35 @@ class ModelNotFoundError(MLXLocalError, LookupError):
     def __init__(self, message: str, *, source: str) -> None:
         super().__init__(message)
         self.source = source
+
+
+class GatedModelError(ModelNotFoundError):
+    """The hub will serve the model only once its licence is accepted.
+
+    Attributes:
+        source: the repo id.
+        url: where to accept the licence.
+    """
+
+    def __init__(self, message: str, *, source: str, url: str) -> None:
+        super().__init__(message, source=source)
+        self.url = url
+
+
+class InsufficientMemoryError(MLXLocalError, MemoryError):
+    """The model needs more memory than this machine offers (``force=True`` loads it anyway).
+
+    Attributes:
+        required: bytes the model is estimated to need.
+        available: bytes usable on this device.
+        suggestion: a catalog name that would fit, or None.
+    """
+
+    def __init__(self, message: str, *, required: int, available: int, suggestion: str | None) -> None:
+        super().__init__(message)
+        self.required = required
+        self.available = available
+        self.suggestion = suggestion
 
 
 class InvalidModelError(MLXLocalError, ValueError):

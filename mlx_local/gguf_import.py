@@ -51,7 +51,7 @@ from .errors import InvalidModelError, InvalidOptionError, UnsupportedArchitectu
 from .fileio import sha256_of
 from .gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 
-__all__ = ["WEIGHT_MODES", "import_gguf", "cached_import_folder"]
+__all__ = ["WEIGHT_MODES", "import_gguf", "cached_import_folder", "planned_weights"]
 
 #: How to import weights: see the module docstring.
 WEIGHT_MODES = ("quantized", "exact", "float")
@@ -403,6 +403,25 @@ def _config(g: _Gguf) -> dict[str, Any]:
     return config
 
 
+def _checked_config(g: _Gguf, src: Path) -> dict[str, Any]:
+    """The config.json of a GGUF file's model, or a clear error."""
+    arch = g.architecture
+    if arch not in _ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{src} is a {arch!r} model; the GGUF importer supports "
+            f"{', '.join(sorted(_ARCHITECTURES))}. Load the original Hugging Face model instead "
+            "(mlx-lm supports many more architectures there).",
+            path=str(src),
+            architecture=arch,
+        )
+    try:
+        return _config(g)
+    except (TypeError, ValueError, StopIteration) as e:
+        raise InvalidModelError(
+            f"{src} lacks the {arch} hyper-parameters the importer needs ({e}).", path=str(src)
+        ) from e
+
+
 def _llama3_rope_scaling(freqs: np.ndarray, config: dict[str, Any], path: Path) -> dict[str, Any]:
     """Recover Llama 3.x's rope_scaling from llama.cpp's ``rope_freqs`` tensor.
 
@@ -466,6 +485,39 @@ def _requant_bits(qtype: Any) -> int:
     return 4 if name.startswith(("Q2", "Q3", "IQ1", "IQ2", "IQ3", "TQ")) else 8
 
 
+def _stored_bits(qtype: Any, name: str, shape: tuple[int, ...], weights_mode: str) -> tuple[int | None, bool]:
+    """How the importer stores a tensor: (bits at group ``GROUP_SIZE``, or None for float; repacked exactly?)."""
+    import gguf
+
+    if not name.endswith(".weight") or len(shape) != 2 or weights_mode == "float":
+        return None, False
+    if qtype in EXACT_BITS:
+        return EXACT_BITS[qtype], True
+    float_types = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+    if weights_mode == "quantized" and qtype not in float_types:
+        return _requant_bits(qtype), False
+    return None, False
+
+
+def planned_weights(path: Path, weights: str) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], int | None]]]:
+    """What importing ``path`` would make, from its header alone: the config,
+    and each weight's MLX name, shape and bits (None: floating point).
+
+    Raises:
+        InvalidModelError / UnsupportedArchitectureError: as :func:`import_gguf`.
+    """
+    g = _read(Path(path))
+    config = _checked_config(g, Path(path))
+    planned = []
+    for t in g.tensors:
+        name = _mlx_name(t.name, g.architecture)
+        if name is None:  # rope_freqs folds into the config; anything else fails at import
+            continue
+        shape = tuple(int(d) for d in reversed(t.shape))
+        planned.append((name, shape, _stored_bits(t.tensor_type, name, shape, weights)[0]))
+    return config, planned
+
+
 def _convert_tensors(
     g: _Gguf, config: dict[str, Any], weights_mode: str, progress: Callable[[int, int], None] | None
 ) -> tuple[dict[str, Any], dict[str, Any], Counter[str]]:
@@ -502,9 +554,10 @@ def _convert_tensors(
             perm_heads = heads
         elif permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
             perm_heads = kv_heads
-        prefix = name[: -len(".weight")] if name.endswith(".weight") else None
+        prefix = name[: -len(".weight")]
+        bits, exact = _stored_bits(qtype, name, shape, weights_mode)
 
-        if qtype in EXACT_BITS and prefix is not None and len(shape) == 2 and weights_mode != "float":
+        if exact:
             wq, scales, biases = to_mlx_affine(np.asarray(t.data), qtype, shape)
             if perm_heads:
                 wq, scales, biases = (_unpermute(a, perm_heads) for a in (wq, scales, biases))
@@ -524,9 +577,7 @@ def _convert_tensors(
         if norm_plus_one and name.endswith("norm.weight"):
             w = w.astype(np.float32) - 1.0
         arr = mx.array(w)
-        quantized_source = qtype not in float_types and qtype != gguf.GGMLQuantizationType.BF16
-        if quantized_source and weights_mode == "quantized" and prefix is not None and len(shape) == 2:
-            bits = _requant_bits(qtype)
+        if bits is not None:
             wq, scales, biases = mx.quantize(arr, group_size=GROUP_SIZE, bits=bits)
             weights[name], weights[f"{prefix}.scales"], weights[f"{prefix}.biases"] = wq, scales, biases
             layer_quant[prefix] = {"group_size": GROUP_SIZE, "bits": bits}
@@ -644,21 +695,7 @@ def import_gguf(
             f"gguf_weights={weights!r}: choose one of {', '.join(WEIGHT_MODES)}", option="gguf_weights"
         )
     g = _read(src)
-    arch = g.architecture
-    if arch not in _ARCHITECTURES:
-        raise UnsupportedArchitectureError(
-            f"{src} is a {arch!r} model; the GGUF importer supports "
-            f"{', '.join(sorted(_ARCHITECTURES))}. Load the original Hugging Face model instead "
-            "(mlx-lm supports many more architectures there).",
-            path=str(src),
-            architecture=arch,
-        )
-    try:
-        config = _config(g)
-    except (TypeError, ValueError, StopIteration) as e:
-        raise InvalidModelError(
-            f"{src} lacks the {arch} hyper-parameters the importer needs ({e}).", path=str(src)
-        ) from e
+    config = _checked_config(g, src)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))

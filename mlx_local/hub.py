@@ -2,17 +2,21 @@
 
 The local cache is always tried first and without any network access; the hub
 is asked only for what is not there. ``offline=True`` (or ``HF_HUB_OFFLINE=1``)
-never touches the network.
+never touches the network. Downloads fetch only the files a model needs, show
+huggingface_hub's progress bars, and resume where an interrupted one stopped
+(huggingface_hub keeps the partial file and asks for the rest).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
-from .errors import ModelNotFoundError
+from .errors import GatedModelError, ModelNotFoundError
 
-__all__ = ["MODEL_FILES", "is_offline", "resolve_repo"]
+__all__ = ["MODEL_FILES", "is_offline", "resolve_repo", "download", "cached_folder", "hub_errors"]
 
 # What a model needs, and nothing else (no PyTorch .bin, no GGUF siblings).
 MODEL_FILES = [
@@ -35,67 +39,152 @@ def is_offline(offline: bool | None) -> bool:
 
 def _how_to_get(repo_id: str) -> str:
     return (
-        f"Download it once while online (`hf download {repo_id}`, or "
-        f"`Model.load({repo_id!r}, offline=False)`), or pass a local folder or .gguf file instead."
+        f"Download it once while online (`mlx_local.pull({repo_id!r})` "
+        f"or `hf download {repo_id}`), or pass a local folder or .gguf file instead."
     )
 
 
-def resolve_repo(repo_id: str, *, revision: str | None, offline: bool | None) -> Path:
-    """The local folder of ``repo_id`` at ``revision``, downloading only if needed.
+def _gated_message(repo_id: str) -> tuple[str, str]:
+    from . import catalog
 
-    Raises:
-        ModelNotFoundError: not cached and offline, the hub out of reach, the
-            repo or revision does not exist, or the repo is gated.
-    """
-    from huggingface_hub import snapshot_download
+    url = f"https://huggingface.co/{repo_id}"
+    entry = catalog.find(repo_id)
+    licence = f"the {entry.licence.name}" if entry else "its licence"
+    read = f" (terms: {entry.licence.url})" if entry and entry.licence.url else ""
+    return (
+        f"{repo_id} is gated: accept {licence} at {url}{read} with your Hugging Face account, "
+        "then log in here with `hf auth login` (or set HF_TOKEN) and try again.",
+        url,
+    )
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions about ``repo_id`` into ours, with what to do."""
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         HFValidationError,
+        HTTPError,
         LocalEntryNotFoundError,
+        NotASafetensorsRepoError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     label = repo_id + (f"@{revision}" if revision else "")
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES, local_files_only=True)
-        if (Path(path) / "config.json").is_file():
-            return Path(path)
-    except HFValidationError as e:
-        raise ModelNotFoundError(
-            f"{repo_id!r} is neither an existing path nor a valid Hugging Face repo id ({e}).",
-            source=repo_id,
-        ) from e
-    except (LocalEntryNotFoundError, FileNotFoundError):
-        pass
-    if is_offline(offline):
-        raise ModelNotFoundError(
-            f"{label} is not in the local Hugging Face cache and offline mode is on "
-            f"(offline=True or HF_HUB_OFFLINE=1), so it was not downloaded. {_how_to_get(repo_id)}",
-            source=repo_id,
-        )
-    try:
-        return Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES, etag_timeout=5)
-        )
+        yield
     except GatedRepoError as e:
-        raise ModelNotFoundError(
-            f"{repo_id} is gated: accept its licence at https://huggingface.co/{repo_id} and log in "
-            "(`hf auth login`) before downloading it.",
-            source=repo_id,
-        ) from e
+        message, url = _gated_message(repo_id)
+        raise GatedModelError(message, source=repo_id, url=url) from e
     except RepositoryNotFoundError as e:
         raise ModelNotFoundError(
-            f"There is no Hugging Face repo {repo_id!r} (or it is private). Check the spelling.",
+            f"There is no Hugging Face repo {repo_id!r} (or it is private: log in with `hf auth login`). "
+            "Check the spelling.",
             source=repo_id,
         ) from e
     except RevisionNotFoundError as e:
         raise ModelNotFoundError(
             f"{repo_id} has no revision {revision!r}. Check the branch, tag or commit.", source=repo_id
         ) from e
-    except (LocalEntryNotFoundError, OSError) as e:
+    except HFValidationError as e:
         raise ModelNotFoundError(
-            f"{label} is not in the local Hugging Face cache and the hub could not be reached "
-            f"({type(e).__name__}). {_how_to_get(repo_id)}",
+            f"{repo_id!r} is neither an existing path nor a valid Hugging Face repo id ({e}).", source=repo_id
+        ) from e
+    except (NotASafetensorsRepoError, EntryNotFoundError) as e:
+        if isinstance(e, LocalEntryNotFoundError):
+            raise ModelNotFoundError(
+                f"{label} is not in the local Hugging Face cache and the hub could not be reached. "
+                f"{_how_to_get(repo_id)}",
+                source=repo_id,
+            ) from e
+        raise ModelNotFoundError(
+            f"{label} has no safetensors weights or config.json, so it is not a model mlx_local can load "
+            "(for a repo of .gguf files, download the file and pass its path).",
             source=repo_id,
         ) from e
+    except (HTTPError, OSError) as e:
+        raise ModelNotFoundError(
+            f"{label} could not be fetched from the hub ({type(e).__name__}: {e}). {_how_to_get(repo_id)}",
+            source=repo_id,
+        ) from e
+
+
+def cached_folder(repo_id: str, *, revision: str | None = None) -> Path | None:
+    """The complete local snapshot of ``repo_id`` (config.json and weights), or None. No network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        return None
+    except HFValidationError:
+        with hub_errors(repo_id, revision):
+            raise
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return path
+    return None
+
+
+def _tqdm_class(progress: bool) -> Any:
+    if progress:
+        return None  # huggingface_hub's own bars (terminal or notebook)
+    from tqdm.auto import tqdm
+
+    class Silent(tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Silent
+
+
+def download(repo_id: str, *, revision: str | None = None, progress: bool = True) -> Path:
+    """Download (or update, or finish) the model files of ``repo_id``; return the snapshot folder.
+
+    Raises:
+        GatedModelError: the licence must be accepted first.
+        ModelNotFoundError: no such repo or revision, or the hub is out of reach.
+    """
+    from huggingface_hub import snapshot_download
+
+    with hub_errors(repo_id, revision):
+        path = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=MODEL_FILES,
+                etag_timeout=5,
+                tqdm_class=_tqdm_class(progress),
+            )
+        )
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{repo_id} has no config.json, so it is not a model mlx_local can load "
+            "(for a repo of .gguf files, download the file and pass its path).",
+            source=repo_id,
+        )
+    return path
+
+
+def resolve_repo(repo_id: str, *, revision: str | None, offline: bool | None, progress: bool = True) -> Path:
+    """The local folder of ``repo_id`` at ``revision``, downloading only if needed.
+
+    Raises:
+        GatedModelError: the repo is gated and its licence not accepted.
+        ModelNotFoundError: not cached and offline, the hub out of reach, or
+            the repo or revision does not exist.
+    """
+    folder = cached_folder(repo_id, revision=revision)
+    if folder is not None:
+        return folder
+    if is_offline(offline):
+        label = repo_id + (f"@{revision}" if revision else "")
+        raise ModelNotFoundError(
+            f"{label} is not in the local Hugging Face cache and offline mode is on "
+            f"(offline=True or HF_HUB_OFFLINE=1), so it was not downloaded. {_how_to_get(repo_id)}",
+            source=repo_id,
+        )
+    return download(repo_id, revision=revision, progress=progress)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import InvalidModelError, ModelNotFoundError, UnsupportedArchitectureError
 
-__all__ = ["LoadedFolder", "load_folder", "read_config", "check_safetensors"]
+__all__ = ["LoadedFolder", "load_folder", "read_config", "check_safetensors", "check_weights"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -91,7 +91,7 @@ def check_safetensors(file: Path) -> int:
     return int(end)
 
 
-def _check_weights(folder: Path) -> None:
+def check_weights(folder: Path) -> None:
     files = sorted(folder.glob("model*.safetensors"))
     if not files:
         other = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
@@ -155,7 +155,7 @@ def load_folder(folder: Path, *, dtype: str) -> LoadedFolder:
         raise ModelNotFoundError(f"No such model folder: {folder}", source=str(folder))
     config = read_config(folder)
     _model_classes(config, folder)
-    _check_weights(folder)
+    check_weights(folder)
 
     try:
         module, config = load_model(folder, lazy=True)

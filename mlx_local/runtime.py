@@ -71,6 +71,10 @@ def prepare() -> None:
         # mlx-lm uses transformers only for tokenizers; its "PyTorch was not
         # found" advice is noise for our users. Only advisory warnings go.
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        # Nothing leaves the machine unasked: huggingface_hub otherwise sends
+        # telemetry, and asks huggingface.co for its agent list even when
+        # only reading the local cache. (Set it to 0 to opt back in.)
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @dataclass(frozen=True)

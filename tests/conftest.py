@@ -90,6 +90,29 @@ def no_network(monkeypatch):
     yield attempts
 
 
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache of this test's own (downloads, pulls, removals)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def models_home(tmp_path, monkeypatch) -> Path:
+    """An empty models folder and import cache of this test's own."""
+    home = tmp_path / "mlx-home"
+    home.mkdir()
+    if _REAL_ASSETS.is_dir():
+        (home / "assets").symlink_to(_REAL_ASSETS, target_is_directory=True)
+    monkeypatch.setenv("MLX_LOCAL_HOME", str(home))
+    monkeypatch.delenv("MLX_LOCAL_MODELS", raising=False)
+    return home
+
+
 def put_in_hf_cache(repo_id: str, folder: Path, *, revision: str = "main", commit: str = "0" * 40) -> Path:
     """Place a model folder in the (test) Hugging Face cache as a download would.
 

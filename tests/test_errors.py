@@ -40,6 +40,9 @@ def test_tree():
     assert issubclass(InvalidModelError, ValueError) and issubclass(InvalidModelError, MLXLocalError)
     assert issubclass(UnsupportedArchitectureError, InvalidModelError)
     assert issubclass(InvalidOptionError, ValueError) and issubclass(InvalidOptionError, MLXLocalError)
+    assert issubclass(mlx_local.GatedModelError, ModelNotFoundError)
+    assert issubclass(mlx_local.InsufficientMemoryError, MemoryError)
+    assert issubclass(mlx_local.InsufficientMemoryError, MLXLocalError)
 
 
 def test_missing_path(tmp_path):

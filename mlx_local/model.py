@@ -94,6 +94,7 @@ class Model:
         gguf_weights: str = "quantized",
         quantized: bool = True,
         force: bool = False,
+        progress: Callable[[str, float], None] | bool | None = None,
     ) -> "Model":
         """Load a model.
 
@@ -120,6 +121,10 @@ class Model:
             force: load even if the memory estimate (at 4096 tokens of
                 context, see :func:`mlx_local.estimate_memory`) exceeds
                 what this machine offers.
+            progress: None: downloads show huggingface_hub's progress bars
+                on a terminal; False: nothing is shown; a callable
+                ``progress(stage, fraction)`` also hears of a GGUF import
+                (stage ``"import"``).
 
         Raises:
             ModelNotFoundError: no such path, repo or name (the message lists
@@ -146,7 +151,9 @@ class Model:
         located = sources.locate(source, quantized=quantized, offline=offline)
         if not force:
             _check_fits(located, dtype=dtype, revision=revision, offline=offline, gguf_weights=gguf_weights)
-        folder = sources.local_folder(located, revision=revision, offline=offline, gguf_weights=gguf_weights)
+        folder = sources.local_folder(
+            located, revision=revision, offline=offline, gguf_weights=gguf_weights, progress=progress
+        )
         name = located.name
         from .loading import model_dtype, read_config
 

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import assets, catalog, hub
 from .catalog import CatalogEntry
@@ -117,36 +118,46 @@ def locate(
 
 
 def local_folder(
-    located: Located, *, revision: str | None, offline: bool | None, gguf_weights: str
+    located: Located,
+    *,
+    revision: str | None,
+    offline: bool | None,
+    gguf_weights: str,
+    progress: Callable[[str, float], None] | bool | None = None,
 ) -> Path:
     """The model folder ``located`` stands for: importing a GGUF, or downloading a repo if needed.
 
     A catalog name whose repo is neither on disk nor reachable falls back to
     the embedded copy when the package ships one (SmolLM2-135M-Instruct).
+    ``progress``: see :meth:`mlx_local.Model.load`.
     """
     if located.kind in ("default", "gguf"):
         assert located.path is not None
-        return import_cached(located.path, gguf_weights)
+        return import_cached(located.path, gguf_weights, progress)
     if located.kind == "folder":
         assert located.path is not None
         return located.path
     assert located.repo is not None
     try:
-        return hub.resolve_repo(located.repo, revision=revision, offline=offline)
+        return hub.resolve_repo(located.repo, revision=revision, offline=offline, progress=progress is not False)
     except ModelNotFoundError:
         if located.entry is None or located.entry.name != _DEFAULT_ENTRY or revision is not None:
             raise
-        return import_cached(assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline)), gguf_weights)
+        gguf = assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline))
+        return import_cached(gguf, gguf_weights, progress)
 
 
-def import_cached(gguf_file: Path, gguf_weights: str) -> Path:
+def import_cached(
+    gguf_file: Path, gguf_weights: str, progress: Callable[[str, float], None] | bool | None = None
+) -> Path:
     """The import of ``gguf_file`` in the import cache, importing it the first time."""
     from .gguf_import import cached_import_folder, import_gguf
 
     folder = cached_import_folder(gguf_file, weights=gguf_weights)
     if not (folder / "config.json").is_file():
+        report = (lambda done, total: progress("import", done / max(total, 1))) if callable(progress) else None
         try:
-            import_gguf(gguf_file, folder, weights=gguf_weights)
+            import_gguf(gguf_file, folder, weights=gguf_weights, progress=report)
         except OSError:
             if not (folder / "config.json").is_file():  # not another process's finished import
                 raise

@@ -54,3 +54,116 @@ def test_will_it_fit_example(smollm2_gguf):
     out = proc.stdout
     assert "at 8192 tokens of context" in out and "qwen3-0.6b" in out and "gemma3-270m" in out
     assert "SmolLM2-135M-Instruct:" in out and "KV cache" in out
+
+
+# ------------------------------------------- streaming, thinking, benchmark
+
+import json  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+
+import mlx_local  # noqa: E402
+from tiny_models import write_tiny_model  # noqa: E402
+
+STREAM_STATS = re.compile(
+    r"^\[(stop|length)\] time to first token ([\d.]+) s \| prompt (\d+) tokens at ([\d.]+) tok/s \| "
+    r"decode (\d+) tokens at ([\d.]+) tok/s \| peak memory (\d+) MiB$",
+    re.M,
+)
+
+
+def test_streaming_example(smollm2_gguf):
+    proc = run("streaming.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    first, second = out.split("> [system] ")
+    assert "Paris" in first.split("What is the capital of France?")[-1]
+    stats = STREAM_STATS.findall(out)
+    assert len(stats) == 2, out  # one stats line per streamed answer
+    assert STREAM_STATS.search(first) and STREAM_STATS.search(second)
+    for _, ttft, prompt, prompt_tps, generated, decode_tps, peak in stats:
+        assert float(ttft) > 0 and int(prompt) > 20 and float(prompt_tps) > 0
+        assert int(generated) >= 2 and float(decode_tps) > 0 and 50 < int(peak) < 4096
+    # The list of messages (system + user) was answered too.
+    answer = second.split("Name one famous landmark in Paris.")[-1].split("\n[")[0]
+    assert answer.strip()
+
+
+TURN = re.compile(
+    r"^\[(stop|length|stop_string)\] answer: (\d+) tokens at [\d.]+ tok/s"
+    r"(?: \| thinking: (\d+) tokens \(budget (\d+|None), budget hit: (True|False)\) \| reply\.thinking: (None|\d+ characters))?$",
+    re.M,
+)
+
+
+def test_chat_thinking_example_on_a_model_that_cannot_think(smollm2_gguf):
+    proc = run("chat_thinking.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Thinking support: 'none'" in out and "SmolLM2-135M-Instruct cannot think" in out
+    assert "InvalidOptionError (option 'thinking'): SmolLM2-135M-Instruct cannot think: it has no thinking tags" in out
+    assert "[thinking]" not in out
+    turns = TURN.findall(out)
+    assert len(turns) == 2 and all(t[0] == "stop" and int(t[1]) > 0 and t[2] == "" for t in turns), out
+    first = out.split("> What is the capital of France?")[1].split("> Name a famous landmark")[0]
+    assert "Paris" in first
+
+
+def _thinking_2507_style(folder):
+    """Make a tiny Qwen3's template open <think> itself, as Qwen3 Thinking-2507 and R1 distills do."""
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    head, _ = config["chat_template"].rsplit("{%- if add_generation_prompt %}", 1)
+    config["chat_template"] = head + "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n<think>\\n' }}\n{%- endif %}\n"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("template", ["switchable", "always"])
+def test_chat_thinking_example_honours_the_budget(tmp_path, template):
+    """Tiny random-weight Qwen3 (real tokenizer and template): gibberish, but real thinking and budget."""
+    folder = write_tiny_model(tmp_path / f"qwen3-{template}", "qwen3", seed=11)
+    if template == "always":
+        _thinking_2507_style(folder)
+    model = mlx_local.Model.load(folder)
+    transition = len(model.think_tags.transition_ids(model.tokenizer))  # the stop-thinking text and </think>
+
+    proc = run("chat_thinking.py", MLX_LOCAL_MODEL=str(folder))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"Thinking support: '{template}'" in out and "cannot think" not in out
+    turns = TURN.findall(out)
+    assert len(turns) == 2, out
+    (_, _, thinking, budget, hit, thought), (_, _, thinking2, _, hit2, thought2) = turns
+    assert budget == "64" and int(thinking) <= 64 + transition
+    # The second turn is asked with thinking=False: the block is closed empty in the prompt.
+    assert int(thinking2) == 0 and hit2 == "False" and thought2 == "None"
+    if template == "always":
+        # The prompt opened <think>; random weights never close it, so the budget does, after exactly 64 tokens.
+        assert hit == "True" and int(thinking) == 64 + transition - 1  # </think> itself is not a thinking token
+        assert thought != "None" and "[thinking] " in out and "\n[answer] " in out
+        thinking_text = out.split("[thinking] ", 1)[1].split("\n[answer] ", 1)[0]
+        assert thinking_text.rstrip().endswith("I have to give the solution based on the thinking directly now.")
+
+
+BENCH_ROW = re.compile(
+    r"^\s*(\d+|median)\s+([\d.]+) s\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+) MiB$",
+    re.M,
+)
+
+
+def test_benchmark_example(smollm2_gguf):
+    proc = run("benchmark.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"^device: .+\((?:cpu|metal|cuda)\).+BLAS", out, re.M), out
+    assert "SmolLM2-135M-Instruct" in out
+    assert float(re.search(r"^load:\s+([\d.]+) s$", out, re.M).group(1)) > 0
+    prompt_tokens = int(re.search(r"a (\d+)-token prompt, up to 64 tokens", out).group(1))
+    assert 256 <= prompt_tokens < 320
+    rows = BENCH_ROW.findall(out)
+    assert [r[0] for r in rows] == ["1", "2", "3", "median"], out
+    runs = [[float(x) for x in r[1:]] for r in rows[:3]]
+    for ttft, prompt_tps, decode_tps, generated, peak in runs:
+        assert ttft > 0 and prompt_tps > 0 and decode_tps > 0 and 2 <= generated <= 64 and 50 < peak < 4096
+    # The printed median is the median of the printed runs, column by column.
+    assert [float(x) for x in rows[3][1:]] == [statistics.median(column) for column in zip(*runs)]

@@ -185,8 +185,10 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(smollm2_gguf, tmp_path):
     child = pexpect.spawn(CLI, ["chat", "--temperature", "0", "--max-tokens", "400"], env=env, cwd=str(tmp_path),
                           encoding="utf-8", timeout=180, dimensions=(40, 200))  # fmt: skip
     child.expect_exact(">>> ")
-    child.sendline("Tell me a long story about a lighthouse keeper.")
-    child.expect(r"\w+ \w+ \w+")  # the answer has started
+    question = "Tell me a long story about a lighthouse keeper."
+    child.sendline(question)
+    child.expect_exact(question + "\r\n")  # the terminal's echo of the line
+    child.expect(r"\w+ \w+ \w+ \w+")  # the answer has started
     child.sendintr()  # Ctrl-C
     child.expect_exact("[stopped; that answer was not kept]")
     child.expect_exact(">>> ")

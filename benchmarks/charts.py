@@ -1,0 +1,137 @@
+"""The charts of run.py's results (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from systems import LABELS, SYSTEMS
+
+COLORS = {"mlx_local": "#1f77b4", "mlx_lm_ours": "#7fb3e0", "mlx_lm": "#d62728", "llama_cpp": "#2ca02c"}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title(data: dict[str, Any]) -> str:
+    d = data["device"]
+    blas = f", {d['blas'].split(' (')[0]}" if d["backend"] == "cpu" else ""
+    return f"{d['backend']} / {d['processor']} ({d['cpu_count']} cores{blas}), {d['date'][:10]}"
+
+
+def _bar_label(ax: Any, bars: Any, values: list[float | None], reduced: list[bool]) -> None:
+    for b, v, r in zip(bars, values, reduced):
+        if v is None:
+            continue
+        text = f"{v:.3g}" + ("*" if r else "")
+        ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                    fontsize=7, rotation=90, xytext=(0, 2), textcoords="offset points")
+
+
+def tokens_per_second(data: dict[str, Any], path: Path) -> Path:
+    """Prompt and decode tokens/s per configuration and system (log scale)."""
+    plt = _plt()
+    configs = data["configs"]
+    systems = [s for s in SYSTEMS if any(s in c["systems"] for c in configs)]
+    llama = data.get("llama_cpp") or {}
+    columns = systems + (["llama_cpp"] if llama.get("available") else [])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    width = 0.8 / len(columns)
+    names = [c["label"] for c in configs]
+    first_len = data["settings"]["lengths"][0]
+    for ax, metric in zip(axes, ("prompt_tps", "decode_tps")):
+        for i, s in enumerate(columns):
+            values, reduced = [], []
+            for c in configs:
+                if s == "llama_cpp":
+                    row = llama if llama.get("config") == c["name"] else None
+                    v = row and (row["decode_tps"] if metric == "decode_tps" else
+                                 next(iter(row["by_prompt"].values()))["prompt_tps"])
+                    values.append(v)
+                    reduced.append(False)
+                    continue
+                sm = c["systems"].get(s, {}).get("summary")
+                if not sm:
+                    values.append(None)
+                    reduced.append(False)
+                    continue
+                first = sm["workload"]["runs"][0]
+                k = f"prompt{first['prompt']}+gen{first['generate']}"
+                values.append(sm["by_prompt"][k][metric])
+                reduced.append(bool(sm["workload"]["note"]))
+            xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(configs))]
+            bars = ax.bar(xs, [v or 0 for v in values], width, color=COLORS[s], label=LABELS[s],
+                          hatch=["//" if r else "" for r in reduced] if any(reduced) else None)
+            _bar_label(ax, bars, values, reduced)
+        if metric == "decode_tps":  # the memory-bandwidth ceiling, for mlx_local's weights
+            for j, c in enumerate(configs):
+                bound = c.get("bandwidth_bound_decode_tps", {}).get("mlx_local")
+                if bound:
+                    ax.plot([j - 0.45, j + 0.45], [bound, bound], "k--", lw=1)
+            ax.plot([], [], "k--", lw=1, label="bandwidth bound (mlx_local's weights)")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(configs)))
+        ax.set_xticklabels(names, fontsize=8, rotation=10)
+        ax.set_ylabel("tokens/s (median, log scale)")
+        ax.set_title(f"prompt tokens/s ({first_len}-token prompt)" if metric == "prompt_tps"
+                     else f"decode tokens/s ({data['settings']['decode_tokens']} tokens)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.margins(y=0.25)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
+    fig.suptitle(_title(data) + "   * = shorter workload (see run.json)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def context_scaling(data: dict[str, Any], path: Path) -> Path:
+    """TTFT and memory against prompt length, with the estimate and a 4-bit KV cache."""
+    plt = _plt()
+    sc = data["scaling"]
+    pts = sc["points"]
+    n = [p["prompt_tokens"] for p in pts]
+    mib = 2**20
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax1.plot(n, [p["ttft"] for p in pts], "o-", color=COLORS["mlx_local"], label="mlx_local")
+    if sc["kv4"]:
+        ax1.plot([p["prompt_tokens"] for p in sc["kv4"]], [p["ttft"] for p in sc["kv4"]], "s", color="#ff7f0e",
+                 label="4-bit KV cache (mlx-lm kv_bits=4)")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("prompt tokens")
+    ax1.set_ylabel("time to first token (s)")
+    ax1.set_xticks(n)
+    ax1.set_xticklabels([str(x) for x in n])
+    ax1.set_ylim(bottom=0)
+    ax1.grid(alpha=0.3, which="both")
+    ax1.legend(fontsize=8)
+
+    ax2.plot(n, [p["peak_memory"] / mib for p in pts], "o-", color=COLORS["mlx_local"], label="MLX peak (measured)")
+    ax2.plot(n, [p["estimate"]["total"] / mib for p in pts], "x--", color="gray",
+             label="mlx_local.estimate_memory()")
+    ax2.plot(n, [p["kv_cache_bytes"] / mib for p in pts], "^:", color=COLORS["mlx_local"], label="KV cache")
+    if sc["kv4"]:
+        k = [p["prompt_tokens"] for p in sc["kv4"]]
+        ax2.plot(k, [p["peak_memory"] / mib for p in sc["kv4"]], "s", color="#ff7f0e", label="MLX peak, 4-bit KV cache")
+        ax2.plot(k, [p["kv_cache_bytes"] / mib for p in sc["kv4"]], "v", color="#ff7f0e", label="4-bit KV cache")
+    ax2.axhline(sc["weights_in_memory"] / mib, color="k", lw=0.8, alpha=0.5)
+    ax2.annotate("weights", (n[0], sc["weights_in_memory"] / mib), fontsize=7, va="bottom")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xticks(n)
+    ax2.set_xticklabels([str(x) for x in n])
+    ax2.set_xlabel("prompt tokens")
+    ax2.set_ylabel("MiB")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"{sc['label']}, mlx_local: " + _title(data), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -418,7 +418,8 @@ _ACTIVATIONS_QUANTIZED = 8
 _DECODE_VOCAB = 4  # vocab-size float vectors alive while sampling (logits, log-probs, ...)
 
 
-def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized: bool, on_gpu: bool) -> int:
+def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized: bool, on_gpu: bool,
+              final_kv: int) -> int:
     """Working memory beyond the weights and the final KV cache, at its peak.
 
     Follows what mlx-lm does with ``context`` tokens: the prompt is prefilled
@@ -443,7 +444,6 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     window = int(cfg.get("sliding_window") or 0)
     kinds = _layer_kinds(cfg)
     per_token = 2 * kv_heads * head_dim * dtype_bytes
-    final_kv = kv_cache_bytes(config, context, dtype_bytes)
     state = kinds.count("linear") * _linear_state_bytes(cfg, dtype_bytes)
     # Only the layers before the last attend during prefill (the last one feeds only the unused logits).
     attending = [k for k in kinds[:-1] if k != "linear"] or ["full"]
@@ -499,15 +499,16 @@ def _weights_of(located: Any, revision: str | None, offline: bool, gguf_weights:
         return (*_folder_weights(folder), "safetensors headers (downloaded)")
     entry = located.entry
     from_catalog = entry is not None and revision is None and located.repo in entry.repos
+    basis = "the catalog"
     if not offline:
         try:
             return (*_hub_weights(located.repo, revision), "the hub's safetensors metadata")
         except ModelNotFoundError:
             if not from_catalog:
                 raise
-        return (*_catalog_weights(entry, located.repo == entry.mlx_4bit_repo), "the catalog (hub out of reach)")
+        basis = "the catalog (hub out of reach)"
     if from_catalog:
-        return (*_catalog_weights(entry, located.repo == entry.mlx_4bit_repo), "the catalog")
+        return (*_catalog_weights(entry, located.repo == entry.mlx_4bit_repo), basis)
     raise ModelNotFoundError(
         f"{located.repo} is not downloaded and offline mode is on, so its size is unknown: "
         "estimate it once online, or download it first.",
@@ -524,11 +525,12 @@ def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: 
     compute = dtype or rt.compute_dtype(stored)
     size = _DTYPE_BYTES[compute]
     quantized = bits is not None or any(w.bits for w in weights)
+    kv = kv_cache_bytes(config, context, size)
     return MemoryEstimate(
         source=name,
         weights=_weight_bytes(weights, size, bits, group_size),
-        kv_cache=kv_cache_bytes(config, context, size),
-        overhead=_overhead(config, context, size, quantized, rt.on_gpu),
+        kv_cache=kv,
+        overhead=_overhead(config, context, size, quantized, rt.on_gpu, kv),
         context=context,
         dtype=compute,
         bits=bits,

@@ -39,6 +39,6 @@ if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas
 fi
 
 step "fetching model assets"
-if [ $dev = 1 ]; then .venv/bin/python -m mlx_local.assets fetch; else .venv/bin/python -m mlx_local.assets fetch smollm2; fi
+if [ $dev = 1 ]; then .venv/bin/python -m mlx_local assets fetch; else .venv/bin/python -m mlx_local assets fetch smollm2; fi
 echo
 echo "ready: .venv/bin/python examples/quickstart.py"

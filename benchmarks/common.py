@@ -20,7 +20,7 @@ def device() -> dict[str, Any]:
 
     import mlx.core as mx
 
-    rt = mlx_local.runtime.current()
+    rt = mlx_local._runtime.current()
     try:
         import os
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import mlx_local  # first: it picks the BLAS before mlx loads
-from mlx_local import assets
+from mlx_local import _assets as assets
 
 #: Bump when the way a cached model is built changes, so it is rebuilt.
 BUILD_VERSION = 1

@@ -228,7 +228,7 @@ def main() -> None:
     common.RESULTS = out_dir  # chat_ttft writes through common.write
     json_path = out_dir / "run.json"
 
-    rt = mlx_local.runtime.current()
+    rt = mlx_local._runtime.current()
     data: dict[str, Any] = {
         "benchmark": "run",
         "complete": False,

@@ -293,7 +293,7 @@ def probe_main(argv: list[str]) -> None:
     m.run(ids[:4], 2)  # warm-up
     runs = [m.run(ids, g).as_dict() for _ in range(reps)]
     print(json.dumps({
-        "blas": mlx_local.runtime.current().blas,
+        "blas": mlx_local._runtime.current().blas,
         "load_seconds": seconds,
         "prompt_tokens": p,
         "generated": g,

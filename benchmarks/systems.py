@@ -2,7 +2,7 @@
 
 ``mlx_local``       (a) ``mlx_local.Model.load(folder)`` and ``model.run(ids, opts)``:
                     everything the library chooses for this device (on the CPU:
-                    float32 compute, OpenBLAS, :mod:`mlx_local.cpu_kernels`).
+                    float32 compute, OpenBLAS, :mod:`mlx_local._cpu_kernels`).
 ``mlx_lm``          (b) raw mlx-lm with its own defaults: ``mlx_lm.load(folder)``
                     (the stored dtype, e.g. bfloat16 scales and activations) and
                     ``mlx_lm.generate.generate_step`` with a greedy sampler.
@@ -270,13 +270,13 @@ def apply_our_settings(module: Any, folder: os.PathLike[str] | str) -> None:
     CPU only, the faster quantized layers."""
     from pathlib import Path
 
-    from mlx_local.loading import model_dtype, read_config
+    from mlx_local._loading import model_dtype, read_config
 
-    rt = mlx_local.runtime.current()
+    rt = mlx_local._runtime.current()
     dtype = rt.compute_dtype(model_dtype(read_config(Path(folder))))
     module.set_dtype(getattr(mx, dtype))
     mx.eval(module.parameters())
     if not rt.on_gpu:
-        from mlx_local.cpu_kernels import optimize_for_cpu
+        from mlx_local._cpu_kernels import optimize_for_cpu
 
         optimize_for_cpu(module)

@@ -5,17 +5,17 @@
 >>> print(model.generate("What is the capital of France?").text)
 
 Importing this package first lets it choose the CPU's BLAS before MLX loads
-(see :mod:`mlx_local.runtime`).
+(see :mod:`mlx_local._runtime`).
 """
 
-from . import runtime as _runtime
+from . import _runtime
 
 _runtime.prepare()  # before anything below imports mlx
 
 from ._version import __version__  # noqa: E402
-from .chat import Chat, Reply  # noqa: E402
-from .convert import Candidate, ConversionReport, convert  # noqa: E402
-from .catalog import CatalogEntry  # noqa: E402
+from ._chat import Chat, Reply  # noqa: E402
+from ._convert import Candidate, ConversionReport, convert  # noqa: E402
+from ._catalog import CatalogEntry  # noqa: E402
 from .errors import (  # noqa: E402
     ChatError,
     GatedModelError,
@@ -26,12 +26,12 @@ from .errors import (  # noqa: E402
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
-from .generation import Chunk, GenerationOptions, Result, Stats  # noqa: E402
-from .memory import DeviceInfo, MemoryEstimate, device_info, estimate_memory  # noqa: E402
-from .model import DEFAULT_MODEL, Model  # noqa: E402
-from .quality import Quality  # noqa: E402
-from .runtime import Runtime  # noqa: E402
-from .store import CatalogModel, LocalModel, Removed, local_models, models, pull, remove  # noqa: E402
+from ._generation import Chunk, GenerationOptions, Result, Stats  # noqa: E402
+from ._memory import DeviceInfo, MemoryEstimate, device_info, estimate_memory  # noqa: E402
+from ._model import DEFAULT_MODEL, Model  # noqa: E402
+from ._quality import Quality  # noqa: E402
+from ._runtime import Runtime  # noqa: E402
+from ._store import CatalogModel, LocalModel, Removed, local_models, models, pull, remove  # noqa: E402
 
 __all__ = [
     "DEFAULT_MODEL",

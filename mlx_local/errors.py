@@ -6,8 +6,10 @@ keep working::
 
     MLXLocalError                       base of everything below
     ├── ModelNotFoundError (LookupError)     no such path / repo / file / name, or
-    │   │                                    not downloaded and the hub is out of reach
-    │   └── GatedModelError                  the repo wants its licence accepted first
+    │   │                                    not downloaded and offline
+    │   ├── GatedModelError                  the repo wants its license accepted first
+    │   └── HubUnreachableError (ConnectionError)  not on disk, and the hub could
+    │                                        not be reached (a server answers 503)
     ├── InvalidModelError (ValueError)       it exists but is not a usable model:
     │   │                                    bad config.json, truncated weights,
     │   │                                    corrupt GGUF, tokenizer that won't load
@@ -17,6 +19,9 @@ keep working::
     │                                        machine's memory (checked before loading)
     ├── InvalidOptionError (ValueError)      a bad argument: empty prompt,
     │                                        max_tokens=-1, top_p=1.5, ...
+    ├── StorageError (OSError)               a file or folder could not be read,
+    │                                        written or removed: disk full,
+    │                                        permissions (the path is named)
     └── ChatError (ValueError)               a chat cannot do what was asked:
                                              undo() with nothing to undo, a file
                                              that is not a saved chat
@@ -29,6 +34,8 @@ from __future__ import annotations
 
 __all__ = [
     "GatedModelError",
+    "HubUnreachableError",
+    "StorageError",
     "InsufficientMemoryError",
     "InvalidModelError",
     "InvalidOptionError",
@@ -66,6 +73,32 @@ class GatedModelError(ModelNotFoundError):
     def __init__(self, message: str, *, source: str, url: str) -> None:
         super().__init__(message, source=source)
         self.url = url
+
+
+class HubUnreachableError(ModelNotFoundError, ConnectionError):
+    """The model is not on disk and the Hugging Face hub could not be reached.
+
+    Unlike its parent, this says nothing about whether the repo exists: try
+    again once online, or work offline with what is cached.
+
+    Attributes:
+        source: the repo id.
+    """
+
+
+class StorageError(MLXLocalError, OSError):
+    """A file or folder could not be read, written or removed (disk full, permissions, ...).
+
+    Nothing half-written is left behind where the operation promised
+    atomicity. ``__cause__`` holds the original ``OSError``.
+
+    Attributes:
+        path: the file or folder at fault.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class InsufficientMemoryError(MLXLocalError, MemoryError):

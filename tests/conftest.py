@@ -3,7 +3,7 @@
 Every test runs with its own Hugging Face cache and mlx_local home (imports,
 converted models) in temporary folders, so no test touches the user's real
 caches. The fetched assets (real model and tokenizer files) are shared from the
-real asset cache: `python -m mlx_local.assets fetch` puts them there, and a test
+real asset cache: `python -m mlx_local assets fetch` puts them there, and a test
 that needs a missing one fails saying so.
 """
 
@@ -31,7 +31,7 @@ if _REAL_ASSETS.is_dir():
 import pytest  # noqa: E402
 
 import mlx_local  # noqa: E402  (chooses the BLAS before mlx is imported)
-from mlx_local import assets  # noqa: E402
+from mlx_local import _assets as assets  # noqa: E402
 
 
 def asset_path(name: str) -> Path:

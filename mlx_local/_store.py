@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, hub
-from .assets import home
-from .catalog import CatalogEntry
+from . import _catalog as catalog, _hub as hub
+from ._assets import home
+from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
-from .memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
-from .sources import locate, models_dir
+from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
+from ._sources import locate, models_dir
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]
 
@@ -92,7 +92,7 @@ def _folder_size(path: Path) -> int:
 
 
 def _complete(folder: Path) -> bool:
-    from .loading import check_weights, read_config
+    from ._loading import check_weights, read_config
 
     try:
         read_config(folder)
@@ -295,7 +295,7 @@ def models(
     variant (``quantized=False``: the original) at ``context`` tokens,
     offline, from the downloaded files when there are some.
     """
-    from .memory import estimate_for_entry
+    from ._memory import estimate_for_entry
 
     device = device or device_info()
     on_disk = local_models()

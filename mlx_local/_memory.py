@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import runtime
-from .catalog import CatalogEntry
+from . import _runtime as runtime
+from ._catalog import CatalogEntry
 from .errors import InvalidOptionError
 
 __all__ = ["DeviceInfo", "MemoryEstimate", "device_info", "estimate_memory", "format_bytes", "parse_bytes"]
@@ -304,7 +304,7 @@ def _read_header(file: Path) -> dict[str, Any]:
 
 
 def _folder_weights(folder: Path) -> tuple[dict[str, Any], list[_Weight]]:
-    from .loading import check_weights, read_config
+    from ._loading import check_weights, read_config
 
     config = read_config(folder)
     check_weights(folder)  # present, whole, and consistent with the index
@@ -315,8 +315,8 @@ def _folder_weights(folder: Path) -> tuple[dict[str, Any], list[_Weight]]:
 
 
 def _gguf_weights(path: Path, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight]]:
-    from .gguf_import import planned_weights
-    from .gguf_quants import GROUP_SIZE
+    from ._gguf_import import planned_weights
+    from ._gguf_quants import GROUP_SIZE
 
     config, planned = planned_weights(path, gguf_weights)
     tied = config.get("tie_word_embeddings", False)
@@ -331,14 +331,14 @@ def _hub_weights(repo: str, revision: str | None) -> tuple[dict[str, Any], list[
     """Weights from the hub's metadata: config.json and the safetensors headers (range requests)."""
     from huggingface_hub import HfApi
 
-    from .hub import hub_errors
+    from ._hub import hub_errors
 
     api = HfApi()
     with hub_errors(repo, revision):
         api.model_info(repo, revision=revision, timeout=10)  # fails fast when the hub is out of reach
         config_file = Path(api.hf_hub_download(repo, "config.json", revision=revision, etag_timeout=5))
         meta = api.get_safetensors_metadata(repo, revision=revision)
-    from .loading import read_config
+    from ._loading import read_config
 
     config = read_config(config_file.parent)  # checked: JSON, an object, with a model_type
     header = {
@@ -487,7 +487,7 @@ def _catalog_weights(entry: CatalogEntry, quantized: bool) -> tuple[dict[str, An
 
 def _weights_of(located: Any, revision: str | None, offline: bool, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight], str]:
     """The config, the weights and where their sizes came from, for a located source."""
-    from . import hub
+    from . import _hub as hub
     from .errors import ModelNotFoundError
 
     if located.kind in ("default", "gguf"):
@@ -518,7 +518,7 @@ def _weights_of(located: Any, revision: str | None, offline: bool, gguf_weights:
 
 def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: str, *, context: int,
               bits: int | None, group_size: int, dtype: str | None) -> MemoryEstimate:
-    from .loading import model_dtype
+    from ._loading import model_dtype
 
     rt = runtime.current()
     stored = model_dtype(config) if ("torch_dtype" in config or "dtype" in config) else "bfloat16"
@@ -584,8 +584,8 @@ def estimate_memory(
     >>> print(mlx_local.estimate_memory("qwen3-0.6b", context=8192))  # doctest: +SKIP
     """
     _check(context, bits, group_size, dtype)
-    from . import hub
-    from .sources import locate
+    from . import _hub as hub
+    from ._sources import locate
 
     located = locate(source, quantized=quantized, offline=offline)
     return estimate_located(located, context=context, bits=bits, group_size=group_size, dtype=dtype,
@@ -595,14 +595,14 @@ def estimate_memory(
 def estimate_located(located: Any, *, context: int = DEFAULT_CONTEXT, bits: int | None = None, group_size: int = 64,
                      dtype: str | None = None, revision: str | None = None, offline: bool = True,
                      gguf_weights: str = "quantized") -> MemoryEstimate:
-    """:func:`estimate_memory` for a source :func:`mlx_local.sources.locate` has already located."""
+    """:func:`estimate_memory` for a source :func:`mlx_local._sources.locate` has already located."""
     config, weights, basis = _weights_of(located, revision, offline, gguf_weights)
     return _assemble(located.name, config, weights, basis, context=context, bits=bits, group_size=group_size, dtype=dtype)
 
 
 def estimate_for_entry(entry: CatalogEntry, *, quantized: bool = True, context: int = DEFAULT_CONTEXT) -> MemoryEstimate:
     """The estimate for a catalog model, offline: from its files if downloaded, else from the catalog."""
-    from .sources import Located
+    from ._sources import Located
 
     located = Located("repo", entry.name, repo=entry.repo_for(quantized), entry=entry)
     return estimate_located(located, context=min(context, entry.context_length))
@@ -610,7 +610,7 @@ def estimate_for_entry(entry: CatalogEntry, *, quantized: bool = True, context: 
 
 def largest_fitting(usable: int, *, context: int = DEFAULT_CONTEXT, family: str | None = None) -> CatalogEntry | None:
     """The biggest catalog model (4-bit) that fits ``usable`` bytes: of ``family`` if one does, else of any."""
-    from . import catalog
+    from . import _catalog as catalog
 
     fitting = [e for e in catalog.entries() if estimate_for_entry(e, context=context).total <= usable]
     same = [e for e in fitting if e.family == family]

@@ -115,7 +115,7 @@ def _forward_logprobs(module: Any, inputs: list[int]) -> Any:
 
 
 def _load(folder: Path) -> Any:
-    from .model import Model
+    from ._model import Model
 
     return Model.load(folder)
 

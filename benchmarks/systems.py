@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import mlx_local  # first: it picks the BLAS before mlx loads
+import mlx_local.types
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -211,7 +212,7 @@ class Loaded:
 
     def _run_ours(self, ids: Sequence[int], max_tokens: int, ban: Any, prompt_cache: list[Any] | None) -> Run:
         """Through the library's own path; its Stats time the run exactly as `timed` does."""
-        opts = mlx_local.GenerationOptions(max_tokens=max_tokens, temperature=0.0)
+        opts = mlx_local.types.GenerationOptions(max_tokens=max_tokens, temperature=0.0)
         settle()
         held = mx.get_active_memory()
         mx.reset_peak_memory()

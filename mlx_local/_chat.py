@@ -11,12 +11,20 @@ Thinking:
     does it. ``thinking_budget=N`` closes the block after N thinking tokens.
 
 Cache reuse:
-    The chat keeps mlx-lm's prompt cache and the tokens it holds. Each turn
-    the new prompt is compared with them token by token; the cache is trimmed
-    to the longest common prefix and only the rest is processed. When the
-    template rewrites an earlier turn (Qwen3 drops old thinking) the prefix
-    simply ends there. Caches that cannot be trimmed (a sliding window that
-    has wrapped) are rebuilt by a full prefill.
+    Each turn's KV cache goes back to the model's prompt cache
+    (``model.prompt_cache``, see :mod:`mlx_local._prompt_cache`) with the
+    tokens it holds. The next turn takes the cache sharing the longest
+    common token prefix with its prompt, trimmed to that prefix, and only
+    the rest is processed. When the template rewrites an earlier turn (Qwen3
+    drops old thinking) the prefix simply ends there. Caches that cannot be
+    trimmed (a sliding window that has wrapped) are rebuilt by a full
+    prefill.
+
+Messages:
+    The conversation holds system, user, assistant and tool messages
+    (:mod:`mlx_local._conversation`); :meth:`Chat.add` appends any of them,
+    and ``send(None)`` answers the conversation as it stands (after a tool
+    result, say).
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from .errors import ChatError, InvalidOptionError
+from ._conversation import Conversation, check_message, text_of
 from ._fileio import write_text_atomic
-from ._generation import Chunk, GenerationOptions, Stats
+from ._generation import Chunk, FinishReason, GenerationOptions, Stats
 from ._thinking import ThinkingBudget
+from .errors import ChatError, InvalidOptionError
 
 if TYPE_CHECKING:
     from ._model import Model
@@ -48,6 +57,7 @@ THINKING_SAMPLING: dict[str, dict[bool, dict[str, Any]]] = {"qwen3": _QWEN3, "qw
 
 _SOFT_SWITCH = re.compile(r"(?<!\S)/(no_think|think)(?!\S)")
 _FORMAT = "mlx_local.chat"
+_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,7 @@ class Reply:
 
     content: str
     thinking: str | None
-    finish_reason: str
+    finish_reason: FinishReason
     stats: Stats
     thinking_budget_hit: bool = False
     token_ids: tuple[int, ...] = field(default=(), repr=False)
@@ -90,26 +100,12 @@ class Reply:
         return cls(
             content=str(d["content"]),
             thinking=None if d.get("thinking") is None else str(d["thinking"]),
-            finish_reason=str(d["finish_reason"]),
+            finish_reason=d["finish_reason"],
             stats=Stats(**d["stats"]),
             thinking_budget_hit=bool(d.get("thinking_budget_hit", False)),
             token_ids=tuple(int(t) for t in d.get("token_ids", ())),
             options=GenerationOptions().updated(**d["options"]) if d.get("options") else None,
         )
-
-
-def _thinking_support(model: "Model") -> str:
-    """``"none"``, ``"switchable"`` (enable_thinking) or ``"always"`` (template opens <think>)."""
-    if model.think_tags is None or not model.tokenizer.has_chat_template:
-        return "none"
-    template = model.tokenizer.chat_template
-    if isinstance(template, str) and "enable_thinking" in template:
-        return "switchable"
-    try:
-        probe = model.render([{"role": "user", "content": "Hi"}])
-    except InvalidOptionError:
-        return "none"
-    return "always" if model.opens_thinking(probe) else "none"
 
 
 def _check_thinking(value: Any) -> bool | None:
@@ -135,7 +131,8 @@ class Chat:
         system: a system prompt (placed where the model family expects it).
         thinking: True / False / None (the model's default).
         thinking_budget: the most thinking tokens per answer, or None.
-        reuse_cache: keep the KV cache between turns (default True).
+        reuse_cache: reuse KV caches between turns through
+            ``model.prompt_cache`` (default True).
         **default_options: generation options for every turn (see
             :class:`~mlx_local.GenerationOptions`).
 
@@ -154,25 +151,28 @@ class Chat:
         reuse_cache: bool = True,
         **default_options: Any,
     ) -> None:
-        if system is not None and not isinstance(system, str):
-            raise InvalidOptionError(f"system must be a string, not {type(system).__name__}", option="system")
         self.model = model
-        self.system = system or None
-        self.support = _thinking_support(model)
+        self._conversation = Conversation(system)
+        self.support = model.template.thinking
         self.thinking = _check_thinking(thinking)
         if self.thinking and self.support == "none":
-            raise self._cannot_think()
-        self.thinking_budget = _check_budget(thinking_budget)
+            raise self._cannot_think("thinking")
+        self.thinking_budget = self._budget(thinking_budget)
         self.reuse_cache = bool(reuse_cache)
         model.default_options.updated(**default_options)  # fail now on bad options
         self.default_options = dict(default_options)
-        self._turns: list[dict[str, Any]] = []
-        self._replies: list[Reply] = []
+        self._replies: list[tuple[int, Reply]] = []  # (index of the assistant message, its reply)
         self._soft: bool | None = None  # the latest /think or /no_think
-        self._cache: Any = None
-        self._cache_tokens: list[int] = []
 
     # ------------------------------------------------------------- history
+
+    @property
+    def system(self) -> str | None:
+        return self._conversation.system
+
+    @system.setter
+    def system(self, value: str | None) -> None:
+        self._conversation = Conversation(value, self._conversation.turns)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -182,34 +182,44 @@ class Chat:
         the template decides what of it the model sees (Qwen3 drops it from
         earlier turns).
         """
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [dict(m) for m in self._turns]
+        return self._conversation.messages
 
     @property
     def replies(self) -> list[Reply]:
-        """Every reply so far, thinking included."""
-        return list(self._replies)
+        """Every reply the model gave in this chat, thinking included."""
+        return [r for _, r in self._replies]
+
+    def add(self, message: Mapping[str, Any]) -> None:
+        """Append a message (user, assistant, tool or system) without generating.
+
+        >>> chat.add({"role": "tool", "content": "22 C", "tool_call_id": "call_0"})  # doctest: +SKIP
+        >>> chat.send(None)  # the model answers, seeing the tool's result    # doctest: +SKIP
+        """
+        self._conversation.add(message)
+        self._soft = self._soft_from_history()
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt and settings stay)."""
-        self._turns.clear()
+        self._conversation.clear()
         self._replies.clear()
         self._soft = None
-        self._cache, self._cache_tokens = None, []
 
     def undo(self) -> Reply:
-        """Drop the last exchange (question and reply); return its reply."""
+        """Drop the last exchange (the last user message and all after it); return its last reply."""
         if not self._replies:
             raise ChatError("There is nothing to undo: the chat has no exchange yet.")
-        del self._turns[-2:]
+        last = self._replies[-1][1]
+        self._conversation.undo()
+        kept = len(self._conversation.turns)
+        self._replies = [(i, r) for i, r in self._replies if i < kept]
         self._soft = self._soft_from_history()
-        return self._replies.pop()
+        return last
 
     def _soft_from_history(self) -> bool | None:
         soft = None
-        for m in self._turns:
+        for m in self._conversation.turns:
             if m["role"] == "user":
-                soft = self._soft_switch(m["content"], soft)
+                soft = self._soft_switch(text_of(m["content"]), soft)
         return soft
 
     def _soft_switch(self, text: str, current: bool | None) -> bool | None:
@@ -218,34 +228,41 @@ class Chat:
         found = _SOFT_SWITCH.findall(text)
         return current if not found else found[-1] == "think"
 
-    def _cannot_think(self) -> InvalidOptionError:
+    def _cannot_think(self, option: str) -> InvalidOptionError:
         return InvalidOptionError(
             f"{self.model.name} cannot think: it has no thinking tags or its chat template has no "
-            "thinking mode. Use thinking=None or False, or a thinking model such as Qwen3.",
-            option="thinking",
+            f"thinking mode, so {option} has no effect. Use thinking=None or False and no "
+            "thinking_budget, or a thinking model such as Qwen3.",
+            option=option,
         )
+
+    def _budget(self, value: Any) -> int | None:
+        budget = _check_budget(value)
+        if budget is not None and self.support == "none":
+            raise self._cannot_think("thinking_budget")
+        return budget
 
     # ------------------------------------------------------------ talking
 
     def send(
         self,
-        text: str,
+        text: str | None,
         *,
         thinking: bool | None = None,
         thinking_budget: int | None = None,
         logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
         **options: Any,
     ) -> Reply:
-        """Send a user message and return the whole reply. Same arguments as :meth:`stream`."""
+        """Send a user message (None: none) and return the whole reply. Same arguments as :meth:`stream`."""
         for _ in self.stream(
             text, thinking=thinking, thinking_budget=thinking_budget, logits_processors=logits_processors, **options
         ):
             pass
-        return self._replies[-1]  # the stream recorded it when it completed
+        return self._replies[-1][1]  # the stream recorded it when it completed
 
     def stream(
         self,
-        text: str,
+        text: str | None,
         *,
         thinking: bool | None = None,
         thinking_budget: int | None = None,
@@ -260,64 +277,50 @@ class Chat:
         the chat as it was.
 
         Args:
-            text: the user's message.
+            text: the user's message; None answers the conversation as it
+                stands (its last message must be a user or tool message).
             thinking: this turn's thinking mode (None: the chat's, see the module doc).
             thinking_budget: this turn's budget (None: the chat's).
             logits_processors: extra mlx-lm logits processors (advanced).
             **options: generation options for this turn.
         """
-        if not isinstance(text, str) or not text.strip():
+        if text is None:
+            turns = self._conversation.turns
+            if not turns or turns[-1]["role"] not in ("user", "tool"):
+                raise InvalidOptionError(
+                    "send(None) answers the conversation as it stands, but its last message is not a user or "
+                    "tool message; pass the user's text.",
+                    option="text",
+                )
+            new: list[dict[str, Any]] = []
+        elif not isinstance(text, str) or not text.strip():
             raise InvalidOptionError("The message is empty; say something to the model.", option="text")
+        else:
+            new = [{"role": "user", "content": text}]
         thinking = _check_thinking(thinking)
-        budget = _check_budget(thinking_budget)
+        budget = self._budget(thinking_budget)
         budget = self.thinking_budget if budget is None else budget
-        soft = self._soft_switch(text, self._soft)
+        soft = self._soft_switch(text, self._soft) if text else self._soft
         mode = self._mode(thinking, soft)
 
         family = THINKING_SAMPLING.get(self.model.architecture, {}).get(mode, {}) if self.support != "none" else {}
         opts = self.model.default_options.updated(**family).updated(**self.default_options).updated(**options)
-
-        user = {"role": "user", "content": text}
-        ids, inside = self._prompt(self.messages + [user], mode)
+        prompt = self.model.template.prompt(self.messages + new, thinking=mode if self.support != "none" else None)
         processors = list(logits_processors)
         guard: ThinkingBudget | None = None
         tags = self.model.think_tags
         if budget is not None and mode and tags is not None:
-            guard = ThinkingBudget(tags, tags.transition_ids(self.model.tokenizer), budget, inside=inside)
+            guard = ThinkingBudget(tags, tags.transition_ids(self.model.tokenizer), budget, inside=prompt.thinking_open)
             processors.append(guard)  # last, so the budget wins over any other processor
-        return self._generate(ids, inside, opts, processors, guard, user, soft)
+        return self._generate(prompt.ids, prompt.thinking_open, opts, processors, guard, new, soft)
 
     def _mode(self, explicit: bool | None, soft: bool | None) -> bool:
         for choice in (explicit, soft, self.thinking):
             if choice is not None:
                 if choice and self.support == "none":
-                    raise self._cannot_think()
+                    raise self._cannot_think("thinking")
                 return choice
         return self.support != "none"  # the model's default: thinking models think
-
-    def _prompt(self, messages: list[dict[str, Any]], mode: bool) -> tuple[list[int], bool]:
-        kwargs = {"enable_thinking": mode} if self.support == "switchable" else {}
-        rendered = self.model.render(messages, **kwargs)
-        tags = self.model.think_tags
-        if not mode and tags is not None and self.model.opens_thinking(rendered):
-            # A template that always opens <think>: close it empty, as Qwen3 does for no-thinking.
-            rendered = rendered.rstrip("\n") + f"\n\n{tags.end}\n\n"
-        return self.model.tokenize_rendered(rendered), self.model.opens_thinking(rendered)
-
-    def _reusable_prefix(self, ids: list[int]) -> tuple[Any, int]:
-        """(cache, tokens of ``ids`` already in it), trimming or rebuilding the cache."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
-        from mlx_lm.utils import common_prefix_len
-
-        if self.reuse_cache and self._cache is not None:
-            # At least one token must be processed to get the next one's logits.
-            common = min(common_prefix_len(self._cache_tokens, ids), len(ids) - 1)
-            excess = len(self._cache_tokens) - common
-            if common > 0 and excess == 0:
-                return self._cache, common
-            if common > 0 and can_trim_prompt_cache(self._cache) and trim_prompt_cache(self._cache, excess) == excess:
-                return self._cache, common
-        return make_prompt_cache(self.model.module), 0
 
     def _generate(
         self,
@@ -326,21 +329,18 @@ class Chat:
         opts: GenerationOptions,
         processors: list[Any],
         guard: ThinkingBudget | None,
-        user: dict[str, Any],
+        new: list[dict[str, Any]],
         soft: bool | None,
     ) -> Iterator[Chunk]:
-        cache, cached = self._reusable_prefix(ids)
-        self._cache, self._cache_tokens = None, []  # until this turn completes
         generated: list[int] = []
-        parts: dict[str, list[str]] = {"thinking": [], "content": []}
+        parts: dict[str, list[str]] = {"thinking": [], "content": [], "tool_call": []}
         last: Chunk | None = None
         for chunk in self.model.run(
-            ids[cached:],
+            ids,
             opts,
-            prompt_cache=cache,
-            cached_tokens=cached,
             logits_processors=processors,
-            thinking_inside=inside,
+            thinking_open=inside,
+            prompt_cache=self.model.prompt_cache if self.reuse_cache else None,
         ):
             parts[chunk.kind].append(chunk.text)
             generated.extend(chunk.token_ids)
@@ -360,25 +360,26 @@ class Chat:
         assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.thinking:
             assistant["reasoning_content"] = reply.thinking
-        self._turns += [user, assistant]
-        self._replies.append(reply)
+        for m in new:
+            self._conversation.add(m)
+        self._conversation.add(assistant)
+        self._replies.append((len(self._conversation.turns) - 1, reply))
         self._soft = soft
-        self._cache, self._cache_tokens = cache, ids + generated
 
     # ------------------------------------------------------------ saving
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": _FORMAT,
-            "version": 1,
+            "version": _VERSION,
             "model": self.model.name,
             "system": self.system,
             "thinking": self.thinking,
             "thinking_budget": self.thinking_budget,
             "reuse_cache": self.reuse_cache,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.default_options.items()},
-            "messages": [dict(m) for m in self._turns],
-            "replies": [r.to_dict() for r in self._replies],
+            "messages": self._conversation.turns,
+            "replies": [{**r.to_dict(), "message": i} for i, r in self._replies],
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -387,18 +388,22 @@ class Chat:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: "Model") -> "Chat":
-        """A chat saved by :meth:`save`, continuing exactly where it was."""
+        """A chat saved by :meth:`save` (this version or the one before), continuing exactly where it was."""
         path = Path(path).expanduser()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ChatError(f"No chat file at {path}.", path=str(path)) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ChatError(f"{path} is not a saved chat (not readable JSON: {e}).", path=str(path)) from e
+            raise ChatError(f"{path} is not a saved chat (not readable JSON: {e}).", path=str(path)) from None
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ChatError(f"{path} is not a saved mlx_local chat (no \"format\": \"{_FORMAT}\").", path=str(path))
-        if data.get("version") != 1:
-            raise ChatError(f"{path} is a chat file of version {data.get('version')!r}; this mlx_local reads version 1.", path=str(path))
+        if data.get("version") not in (1, _VERSION):
+            raise ChatError(
+                f"{path} is a chat file of version {data.get('version')!r}; this mlx_local reads versions 1 and {_VERSION}.",
+                path=str(path),
+            )
+        damaged = f"{path} is a damaged chat file"
         try:
             chat = cls(
                 model,
@@ -408,20 +413,22 @@ class Chat:
                 reuse_cache=data.get("reuse_cache", True),
                 **dict(data.get("options") or {}),
             )
-            turns = [dict(m) for m in data["messages"]]
-            replies = [Reply.from_dict(r) for r in data["replies"]]
+            turns = [check_message(m, f"{damaged}: message {i}") for i, m in enumerate(data["messages"])]
+            raw = list(data["replies"])
+            if data["version"] == 1:  # user/assistant pairs, one reply per assistant message
+                if [m["role"] for m in turns] != ["user", "assistant"] * (len(turns) // 2) or len(raw) * 2 != len(turns):
+                    raise ValueError("its messages do not alternate user/assistant with one reply each")
+                at = [2 * k + 1 for k in range(len(raw))]
+            else:
+                at = [int(r["message"]) for r in raw]
+            replies = [Reply.from_dict(r) for r in raw]
+        except InvalidOptionError as e:
+            raise ChatError(str(e), path=str(path)) from None
         except (KeyError, TypeError, ValueError) as e:
-            raise ChatError(f"{path} is a damaged chat file ({type(e).__name__}: {e}).", path=str(path)) from e
-        roles = [m.get("role") for m in turns]
-        if (
-            roles != ["user", "assistant"] * (len(turns) // 2)
-            or len(replies) * 2 != len(turns)
-            or not all(isinstance(m.get("content"), str) for m in turns)
-        ):
-            raise ChatError(
-                f"{path} is a damaged chat file: its messages do not alternate user/assistant with one reply each.",
-                path=str(path),
-            )
-        chat._turns, chat._replies = turns, replies
+            raise ChatError(f"{damaged} ({type(e).__name__}: {e}).", path=str(path)) from None
+        if any(not 0 <= i < len(turns) or turns[i]["role"] != "assistant" for i in at):
+            raise ChatError(f"{damaged}: a reply does not point at an assistant message.", path=str(path))
+        chat._conversation = Conversation(chat.system, turns)
+        chat._replies = list(zip(at, replies))
         chat._soft = chat._soft_from_history()
         return chat

@@ -1,9 +1,7 @@
-"""Generation: options, the token loop, stop strings and timing.
+"""What generation takes and gives: options, chunks, results and stats.
 
-mlx-lm's ``generate_step`` produces the tokens (prefill, KV cache, sampling,
-logits processors). This module adds what a caller of a library expects on
-top: validated options with the model's own defaults, stop strings that are
-never returned, a finish reason, and stats measured the same way every time.
+The token loop itself is :mod:`mlx_local._runner` (mlx-lm's ``generate_step``
+produces the tokens) and the per-sequence decoding :mod:`mlx_local._decoder`.
 """
 
 from __future__ import annotations
@@ -11,11 +9,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Literal
 
 from .errors import InvalidOptionError
 
-__all__ = ["Chunk", "GenerationOptions", "Result", "Stats", "collect", "generate_tokens"]
+__all__ = ["Chunk", "ChunkKind", "FinishReason", "GenerationOptions", "Result", "Stats", "TokenLogprob", "collect"]
+
+#: Why generation ended: an end-of-sequence token, a stop string, ``max_tokens``,
+#: or the output became an exact loop (``stop_loops``).
+FinishReason = Literal["stop", "stop_string", "length", "repetition"]
+#: What a chunk of text is: the answer, reasoning in a think block, or a tool call.
+ChunkKind = Literal["content", "thinking", "tool_call"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,12 @@ class GenerationOptions:
         repetition_penalty: >1 discourages repeating recent tokens; 1.0 turns it off.
         seed: makes sampling reproducible; same seed, same output.
         stop: strings that end generation; they are not part of the text.
+        stop_loops: end with ``finish_reason="repetition"`` once the output
+            repeats the same span of tokens back to back (three times, or
+            48 tokens of a short pattern), as small models decoding greedily
+            do until ``max_tokens``.
+        logprobs: None, or return each generated token's log-probability
+            with this many most likely alternatives (0 to 20).
     """
 
     max_tokens: int = 512
@@ -41,6 +51,8 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_loops: bool = True
+    logprobs: int | None = None
 
     @classmethod
     def names(cls) -> frozenset[str]:
@@ -110,6 +122,12 @@ class GenerationOptions:
             raise bad("seed", "must be a non-negative whole number or None")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", "must be a non-empty string or a list of non-empty strings")
+        if not isinstance(self.stop_loops, bool):
+            raise bad("stop_loops", "must be True or False")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20
+        ):
+            raise bad("logprobs", "must be None or a whole number of alternatives from 0 to 20")
 
 
 @dataclass(frozen=True)
@@ -157,19 +175,37 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, and the most likely alternatives.
+
+    Attributes:
+        token: the token id.
+        logprob: its log-probability (natural log) under the model, after
+            the logits processors and before temperature.
+        top: ``(token id, logprob)`` of the most likely tokens, best first.
+    """
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A piece of streamed text.
 
-    ``kind`` is ``"content"`` (the answer) or ``"thinking"`` (reasoning inside
-    a think block; the tags themselves never appear). The last chunk has
-    ``finish_reason`` and ``stats``.
+    ``kind`` is ``"content"`` (the answer), ``"thinking"`` (reasoning inside
+    a think block; the tags themselves never appear) or ``"tool_call"``. The
+    last chunk has ``finish_reason`` and ``stats``. ``logprobs`` holds one
+    entry per token of ``token_ids`` when ``logprobs=`` was asked for.
     """
 
     text: str
     token_ids: tuple[int, ...] = ()
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     stats: Stats | None = None
-    kind: str = "content"
+    kind: ChunkKind = "content"
+    logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -179,166 +215,49 @@ class Result:
     Attributes:
         text: the generated answer (stop string and thinking excluded).
         finish_reason: ``"stop"`` (end-of-sequence token), ``"stop_string"``
-            (one of ``stop`` appeared) or ``"length"`` (``max_tokens`` reached).
+            (one of ``stop`` appeared), ``"length"`` (``max_tokens`` reached)
+            or ``"repetition"`` (the output looped; see ``stop_loops``).
         stats: timing and memory, see :class:`Stats`.
         token_ids: the generated token ids.
         thinking: the reasoning of a thinking model, or None.
+        logprobs: per generated token, with ``logprobs=`` (else empty).
     """
 
     text: str
-    finish_reason: str
+    finish_reason: FinishReason
     stats: Stats
     token_ids: tuple[int, ...] = field(default=(), repr=False)
     thinking: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
 
     def __str__(self) -> str:
         return self.text
 
 
-def collect(chunks: Iterator[Chunk]) -> tuple[str, str | None, str, Stats, tuple[int, ...]]:
-    """Drain a chunk stream: (content, thinking or None, finish_reason, stats, token ids)."""
-    content: list[str] = []
-    thinking: list[str] = []
+@dataclass(frozen=True)
+class Collected:
+    """A drained chunk stream."""
+
+    content: str
+    thinking: str | None
+    finish_reason: FinishReason
+    stats: Stats
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...]
+
+
+def collect(chunks: Iterable[Chunk]) -> Collected:
+    """Drain a chunk stream into its texts, finish reason, stats and tokens."""
+    parts: dict[str, list[str]] = {"content": [], "thinking": [], "tool_call": []}
     ids: list[int] = []
+    lps: list[TokenLogprob] = []
     last: Chunk | None = None
-    saw_thinking = False
     for chunk in chunks:
-        (thinking if chunk.kind == "thinking" else content).append(chunk.text)
-        saw_thinking = saw_thinking or chunk.kind == "thinking"
+        parts[chunk.kind].append(chunk.text)
         ids.extend(chunk.token_ids)
+        lps.extend(chunk.logprobs)
         last = chunk
     assert last is not None and last.stats is not None and last.finish_reason is not None
-    has_thinking = saw_thinking or last.stats.thinking_tokens > 0
-    return "".join(content), ("".join(thinking) if has_thinking else None), last.finish_reason, last.stats, tuple(ids)
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of ``text`` could start a stop string."""
-    keep = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), keep, -1):
-            if text.endswith(s[:n]):
-                keep = n
-                break
-    return keep
-
-
-def _sampler_and_processors(options: GenerationOptions) -> tuple[Any, list[Any]]:
-    from mlx_lm.sample_utils import make_logits_processors, make_sampler
-
-    sampler = make_sampler(
-        temp=options.temperature,
-        top_p=options.top_p if options.top_p < 1.0 else 0.0,
-        min_p=options.min_p,
-        top_k=options.top_k,
-    )
-    processors = make_logits_processors(
-        repetition_penalty=options.repetition_penalty if options.repetition_penalty != 1.0 else None
-    )
-    return sampler, processors
-
-
-def generate_tokens(
-    module: Any,
-    tokenizer: Any,
-    prompt_ids: Sequence[int],
-    options: GenerationOptions,
-    *,
-    logits_processors: Sequence[Any] = (),
-    prompt_cache: Any = None,
-    cached_tokens: int = 0,
-    think_tags: Any = None,
-    thinking_inside: bool = False,
-) -> Iterator[Chunk]:
-    """Run generation and yield text chunks; the last one carries the stats.
-
-    ``logits_processors`` run after the sampling options' own processors.
-    ``prompt_cache`` is an mlx-lm KV cache holding ``cached_tokens`` tokens of
-    the prompt; ``prompt_ids`` are then the tokens not in it. ``think_tags``
-    (a :class:`~mlx_local._thinking.ThinkTags`) makes think blocks come out as
-    ``kind="thinking"`` chunks; ``thinking_inside`` says the prompt opened one.
-    Stop strings apply to the answer only.
-    """
-    import mlx.core as mx
-    from mlx_lm.generate import generate_step
-
-    from ._thinking import Splitter
-
-    start = time.perf_counter()
-    mx.reset_peak_memory()
-    if options.seed is not None:
-        mx.random.seed(options.seed)
-    sampler, processors = _sampler_and_processors(options)
-    processors = processors + list(logits_processors)
-    eos = set(tokenizer.eos_token_ids)
-    stops = options.stop
-    splitter = Splitter(tokenizer.detokenizer, think_tags, inside=thinking_inside)
-
-    content = ""  # the answer decoded so far
-    emitted = 0  # characters of `content` already yielded
-    tokens: list[int] = []
-    reported = 0  # tokens already carried by a chunk
-    first_token_at: float | None = None
-    finish = "length"
-
-    def chunks(pieces: list[tuple[str, str]], final: bool = False) -> Iterator[Chunk]:
-        """Chunks for `pieces`; returns early (finish set) when a stop string appears."""
-        nonlocal content, emitted, reported, finish
-        for kind, text in pieces:
-            if kind == "thinking":
-                yield Chunk(text, tuple(tokens[reported:]), kind="thinking")
-                reported = len(tokens)
-                continue
-            content += text
-            if stops:
-                cut = min((i for i in (content.find(s, emitted) for s in stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    content = content[:cut]
-                    finish = "stop_string"
-                    return
-                safe = len(content) if final else len(content) - _held_back(content, stops)
-            else:
-                safe = len(content)
-            if safe > emitted:
-                yield Chunk(content[emitted:safe], tuple(tokens[reported:]))
-                emitted, reported = safe, len(tokens)
-
-    steps = generate_step(
-        mx.array(list(prompt_ids), dtype=mx.uint32),
-        module,
-        max_tokens=options.max_tokens,
-        sampler=sampler,
-        logits_processors=processors or None,
-        prompt_cache=prompt_cache,
-    )
-    try:
-        for token, _ in steps:
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            tokens.append(int(token))
-            if token in eos:
-                finish = "stop"
-                break
-            yield from chunks(splitter.add(int(token)))
-            if finish == "stop_string":
-                break
-    finally:
-        steps.close()
-    if finish != "stop_string":
-        yield from chunks(splitter.finish(), final=True)
-    end = time.perf_counter()
-    first = first_token_at or end
-    n = len(tokens)
-    stats = Stats(
-        prompt_tokens=cached_tokens + len(prompt_ids),
-        generated_tokens=n,
-        time_to_first_token=first - start,
-        prompt_tps=len(prompt_ids) / max(first - start, 1e-9),
-        decode_tps=(n - 1) / (end - first) if n > 1 and end > first else 0.0,
-        peak_memory=int(mx.get_peak_memory()),
-        total_time=end - start,
-        cached_tokens=cached_tokens,
-        thinking_tokens=splitter.thinking_tokens,
-        answer_tokens=splitter.content_tokens,
-    )
-    yield Chunk(content[emitted:], tuple(tokens[reported:]), finish, stats)
+    has_thinking = bool(parts["thinking"]) or last.stats.thinking_tokens > 0
+    thinking = "".join(parts["thinking"]) if has_thinking else None
+    return Collected("".join(parts["content"]), thinking, last.finish_reason, last.stats, tuple(ids), tuple(lps))

@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Un
 from . import _hub as hub, _runtime as runtime, _sources as sources
 from .errors import InvalidOptionError, ModelNotFoundError
 from ._fileio import replace_dir
-from ._generation import Chunk, GenerationOptions, Result, collect, generate_tokens
+from ._conversation import check_messages
+from ._generation import Chunk, GenerationOptions, Result, collect
 from ._loading import LoadedFolder, load_folder
+from ._prompt_cache import PromptCache
 from ._sources import DEFAULT_MODEL
+from ._template import ChatTemplate, Prompt
 from ._thinking import ThinkTags
 
 if TYPE_CHECKING:
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "DEFAULT_MODEL"]
 
-Prompt = Union[str, Sequence[Mapping[str, str]]]
+PromptInput = Union[str, Sequence[Mapping[str, Any]]]
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -55,18 +58,6 @@ def _check_fits(located: sources.Located, *, dtype: str | None, revision: str | 
     )
 
 
-def _merge_system(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
-    """Messages with a leading system message folded into the first user message."""
-    if not messages or messages[0].get("role") != "system":
-        return None
-    rest = [dict(m) for m in messages[1:]]
-    for m in rest:
-        if m.get("role") == "user":
-            m["content"] = f"{messages[0]['content']}\n\n{m['content']}"
-            return rest
-    return [{"role": "user", "content": str(messages[0]["content"])}] + rest
-
-
 class Model:
     """A language model loaded for generation.
 
@@ -78,6 +69,9 @@ class Model:
         self._loaded = loaded
         self._defaults = GenerationOptions.from_generation_config(loaded.generation_config)
         self.think_tags = ThinkTags.of(loaded.tokenizer)
+        self.template = ChatTemplate(loaded.tokenizer, self.think_tags, name)
+        #: KV caches kept for reuse (by chats, and by ``reuse_cache=True`` calls).
+        self.prompt_cache = PromptCache()
         self.name = name
         self.path = path
         self.dtype = dtype
@@ -220,122 +214,118 @@ class Model:
 
     # ------------------------------------------------------------ prompting
 
-    def encode(self, prompt: Prompt, *, raw: bool = False) -> list[int]:
+    def encode(self, prompt: PromptInput, *, raw: bool = False) -> list[int]:
         """The token ids ``generate`` would feed the model for ``prompt``."""
-        return self._prepare(prompt, raw)[0]
+        return self._prompt(prompt, raw).ids
 
-    def _prepare(self, prompt: Prompt, raw: bool) -> tuple[list[int], bool]:
-        """Token ids for ``prompt``, and whether the prompt opened a think block."""
+    def _prompt(self, prompt: PromptInput, raw: bool) -> Prompt:
         tok = self.tokenizer
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise InvalidOptionError("The prompt is empty; give the model something to respond to.", option="prompt")
-            if raw or not tok.has_chat_template:
-                return list(tok.encode(prompt)), False
-            messages: list[dict[str, str]] = [{"role": "user", "content": prompt}]
-        else:
-            if raw:
-                raise InvalidOptionError("raw=True needs a string prompt, not a list of messages.", option="raw")
-            messages = self._check_messages(prompt)
-            if not tok.has_chat_template:
-                raise InvalidOptionError(
-                    f"{self.name} has no chat template, so it cannot take a list of messages; "
-                    "pass a string (it is sent as-is).",
-                    option="prompt",
-                )
-        text = self.render(messages)
-        return self.tokenize_rendered(text), self.opens_thinking(text)
-
-    @staticmethod
-    def _check_messages(prompt: Any) -> list[dict[str, str]]:
-        if not isinstance(prompt, Sequence) or not prompt:
+            if raw or not self.template.available:
+                return Prompt(list(tok.encode(prompt)), False)
+            return self.template.prompt([{"role": "user", "content": prompt}])
+        if raw:
+            raise InvalidOptionError("raw=True needs a string prompt, not a list of messages.", option="raw")
+        messages = check_messages(prompt)
+        if not self.template.available:
             raise InvalidOptionError(
-                "The prompt must be a non-empty string or a non-empty list of "
-                "{'role': ..., 'content': ...} messages.",
+                f"{self.name} has no chat template, so it cannot take a list of messages; "
+                "pass a string (it is sent as-is).",
                 option="prompt",
             )
-        messages = []
-        for i, m in enumerate(prompt):
-            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise InvalidOptionError(
-                    f"Message {i} must be a dict with string 'role' and 'content', got {m!r}.", option="prompt"
-                )
-            messages.append(dict(m))
-        if not any(m["content"].strip() for m in messages):
-            raise InvalidOptionError("Every message is empty; give the model something to respond to.", option="prompt")
-        return messages
-
-    def render(self, messages: Sequence[Mapping[str, Any]], **template_kwargs: Any) -> str:
-        """The prompt text the chat template makes of ``messages`` (generation prompt added).
-
-        Templates that reject a system message (no system role) get it merged
-        into the first user message instead, as those model families expect.
-        """
-        tok = self.tokenizer
-        try:
-            return str(tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False, **template_kwargs))
-        except Exception as e:  # jinja2 TemplateError, raise_exception() in templates
-            merged = _merge_system(messages)
-            if merged is not None:
-                try:
-                    return str(tok.apply_chat_template(merged, add_generation_prompt=True, tokenize=False, **template_kwargs))
-                except Exception:
-                    pass
-            raise InvalidOptionError(
-                f"{self.name}'s chat template rejected these messages: {e}", option="prompt"
-            ) from e
-
-    def tokenize_rendered(self, text: str) -> list[int]:
-        """Token ids of a rendered prompt (the template wrote any BOS itself)."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def opens_thinking(self, rendered: str) -> bool:
-        """Whether a rendered prompt ends inside an open think block."""
-        return self.think_tags is not None and rendered.rstrip().endswith(self.think_tags.start)
+        return self.template.prompt(messages)
 
     # ----------------------------------------------------------- generating
 
     def stream(
         self,
-        prompt: Prompt,
+        prompt: PromptInput,
         *,
         raw: bool = False,
+        reuse_cache: bool = False,
         logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
         **options: Any,
     ) -> Iterator[Chunk]:
         """Generate, yielding text as it comes; the last chunk carries ``stats``.
 
         ``prompt`` is a string (sent through the chat template as one user
-        message, or as-is with ``raw=True``) or a list of
-        ``{"role", "content"}`` messages. ``options`` are the fields of
-        :class:`GenerationOptions`; unset ones take the model's defaults.
-        ``logits_processors`` (advanced) are mlx-lm logits processors,
-        ``f(tokens, logits) -> logits``, applied after the sampling options.
-        A thinking model's reasoning comes as ``kind="thinking"`` chunks.
+        message, or as-is with ``raw=True``) or a list of messages
+        (``{"role": "system" | "user" | "assistant" | "tool", "content": ...}``).
+        ``options`` are the fields of :class:`GenerationOptions`; unset ones
+        take the model's defaults. ``reuse_cache=True`` keeps the KV cache
+        in :attr:`prompt_cache` afterwards and starts from the longest cached
+        prefix, so a conversation resent with one more message costs only the
+        new tokens. ``logits_processors`` (advanced) are mlx-lm logits
+        processors, ``f(tokens, logits) -> logits``, applied after the
+        sampling options. A thinking model's reasoning comes as
+        ``kind="thinking"`` chunks.
         """
         opts = self._defaults.updated(**options)
-        ids, inside = self._prepare(prompt, raw)
-        return self.run(ids, opts, logits_processors=logits_processors, thinking_inside=inside)
+        prompt_ = self._prompt(prompt, raw)
+        return self.run(
+            prompt_.ids, opts, logits_processors=logits_processors, thinking_open=prompt_.thinking_open,
+            prompt_cache=self.prompt_cache if reuse_cache else None,
+        )  # fmt: skip
 
-    def run(self, ids: Sequence[int], opts: GenerationOptions, **kwargs: Any) -> Iterator[Chunk]:
-        """Generate from token ids (the layer ``stream`` and ``Chat`` share).
+    def run(
+        self,
+        ids: Sequence[int],
+        opts: GenerationOptions,
+        *,
+        logits_processors: Sequence[Any] = (),
+        thinking_open: bool = False,
+        prompt_cache: PromptCache | None = None,
+    ) -> Iterator[Chunk]:
+        """Generate from prompt token ids (what ``stream`` and ``Chat`` share).
 
-        ``kwargs`` go to :func:`mlx_local._generation.generate_tokens`.
+        ``prompt_cache``: take the KV cache with the longest common prefix
+        from it, and give it back with the new tokens once the answer is
+        complete (an abandoned stream gives nothing back).
         """
-        kwargs.setdefault("think_tags", self.think_tags)
+        import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache
+
+        from ._decoder import ChannelTag, Decoder
+        from ._runner import run_sequence
+
+        ids = list(ids)
+        cache, cached = prompt_cache.take(ids) if prompt_cache is not None else (None, 0)
+        if cache is None:
+            cache, cached = make_prompt_cache(self.module), 0
+        tags = self.think_tags
+        decoder = Decoder(
+            self.tokenizer.detokenizer,
+            eos_ids=self.tokenizer.eos_token_ids,
+            tags=[ChannelTag("thinking", (tags.start_id,), (tags.end_id,), leading=True)] if tags else [],
+            inside="thinking" if thinking_open else None,
+            stop=opts.stop,
+            loops=opts.stop_loops,
+        )
+        mx.reset_peak_memory()
+        if opts.seed is not None:
+            mx.random.seed(opts.seed)
+        chunks = run_sequence(
+            self.module, ids[cached:], opts, decoder, logits_processors=logits_processors, prompt_cache=cache,
+            cached_tokens=cached, peak_memory=mx.get_peak_memory,
+        )  # fmt: skip
         if self.runtime.backend == "metal":
             from mlx_lm.generate import wired_limit
 
             with wired_limit(self.module):
-                yield from generate_tokens(self.module, self.tokenizer, ids, opts, **kwargs)
+                yield from chunks
         else:
-            yield from generate_tokens(self.module, self.tokenizer, ids, opts, **kwargs)
+            yield from chunks
+        if prompt_cache is not None:
+            prompt_cache.put(ids + decoder.tokens, cache)
 
     def generate(
         self,
-        prompt: Prompt,
+        prompt: PromptInput,
         *,
         raw: bool = False,
+        reuse_cache: bool = False,
         logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
         **options: Any,
     ) -> Result:
@@ -344,9 +334,8 @@ class Model:
         >>> model.generate("Name a colour.", max_tokens=8, seed=1)  # doctest: +SKIP
         Result(text='Blue.', finish_reason='stop', stats=Stats(...))
         """
-        chunks = self.stream(prompt, raw=raw, logits_processors=logits_processors, **options)
-        text, thinking, finish, stats, ids = collect(chunks)
-        return Result(text, finish, stats, ids, thinking)
+        c = collect(self.stream(prompt, raw=raw, reuse_cache=reuse_cache, logits_processors=logits_processors, **options))
+        return Result(c.content, c.finish_reason, c.stats, c.token_ids, c.thinking, c.logprobs)
 
     def chat(
         self,

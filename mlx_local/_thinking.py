@@ -7,9 +7,7 @@ user or quoted by the model is never mistaken for a tag, and the tags never
 reach the caller's text.
 
 - :class:`ThinkTags` finds the two tags in a tokenizer.
-- :class:`Splitter` turns a stream of generated tokens into ``("thinking",
-  text)`` and ``("content", text)`` pieces, without the tags and without the
-  blank lines templates put around them.
+- :mod:`mlx_local._decoder` sorts generated tokens into thinking and answer.
 - :class:`ThinkingBudget` is a logits processor that, after N thinking tokens,
   makes the model write the stop-thinking instruction Qwen documents for
   budgets, then ``</think>``, after which the model answers.
@@ -20,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["BUDGET_TRANSITION", "Splitter", "ThinkTags", "ThinkingBudget"]
+__all__ = ["BUDGET_TRANSITION", "ThinkTags", "ThinkingBudget"]
 
 #: What Qwen inserts when a thinking budget runs out (Qwen3 technical report,
 #: section 4.3, and the thinking-budget example in Qwen's repository); the
@@ -52,78 +50,6 @@ class ThinkTags:
     def transition_ids(self, tokenizer: Any) -> list[int]:
         """Token ids that close a think block early (budget exhausted)."""
         return list(tokenizer.encode(BUDGET_TRANSITION, add_special_tokens=False)) + [self.end_id]
-
-
-class Splitter:
-    """Token stream -> ``(kind, text)`` pieces, kind ``"thinking"`` or ``"content"``.
-
-    Args:
-        detokenizer: an mlx-lm streaming detokenizer (reset here).
-        tags: the model's thinking tags, or None for a model that cannot think.
-        inside: True when the prompt already opened a think block (DeepSeek-R1
-            distills, Qwen3 "Thinking-2507" templates).
-    """
-
-    def __init__(self, detokenizer: Any, tags: ThinkTags | None, *, inside: bool = False) -> None:
-        self._detok = detokenizer
-        self._detok.reset()
-        self._tags = tags
-        self.kind = "thinking" if inside else "content"
-        self.thinking_tokens = 0
-        self.content_tokens = 0
-        self.saw_thinking = inside
-        self._started = False  # has the current segment shown non-blank text yet
-        self._held = ""  # trailing blank text of a thinking segment, held back
-        self._after_think = False  # content right after </think>: drop its leading newlines
-
-    def add(self, token: int) -> list[tuple[str, str]]:
-        tags = self._tags
-        if tags is not None and token == tags.start_id and self.kind == "content" and not self._started:
-            out = self._flush()
-            self.kind, self.saw_thinking = "thinking", True
-            return out
-        if tags is not None and token == tags.end_id and self.kind == "thinking":
-            out = self._flush()
-            self._held = ""  # a think block's trailing blank lines are not part of it
-            self.kind, self._after_think = "content", True
-            return out
-        if self.kind == "thinking":
-            self.thinking_tokens += 1
-        else:
-            self.content_tokens += 1
-        self._detok.add_token(token)
-        return self._emit(self._detok.last_segment)
-
-    def finish(self) -> list[tuple[str, str]]:
-        """Flush the rest (call once, at the end)."""
-        self._detok.finalize()
-        out = self._emit(self._detok.last_segment)
-        self._held = ""
-        return out
-
-    def _flush(self) -> list[tuple[str, str]]:
-        self._detok.finalize()
-        out = self._emit(self._detok.last_segment)
-        self._detok.reset()
-        self._started = False
-        return out
-
-    def _emit(self, text: str) -> list[tuple[str, str]]:
-        if not text:
-            return []
-        if not self._started:
-            # Templates put newlines after <think> and after </think>.
-            if self.kind == "thinking" or self._after_think:
-                text = text.lstrip("\n")
-            if not text:
-                return []
-            self._started = True
-        if self.kind == "thinking":
-            text = self._held + text
-            body = text.rstrip()
-            self._held = text[len(body) :]
-            return [("thinking", body)] if body else []
-        return [("content", text)]
 
 
 class ThinkingBudget:

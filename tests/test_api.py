@@ -1,27 +1,48 @@
-"""The public API is small and listed in mlx_local.__all__."""
+"""The public API is small: what you call and what you catch at the top, types and errors in two modules."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 import mlx_local
 
+#: The whole top level, pinned: adding a name is a decision, not an accident.
+TOP_LEVEL = [
+    "Chat", "ChatError", "DEFAULT_MODEL", "InsufficientMemoryError", "InvalidModelError", "InvalidOptionError",
+    "MLXLocalError", "Model", "ModelNotFoundError", "StorageError", "__version__", "convert", "device_info",
+    "estimate_memory", "local_models", "models", "pull", "remove",
+]  # fmt: skip
 
-def test_all_matches_public_names():
-    public = {
-        name
-        for name, value in vars(mlx_local).items()
-        if not name.startswith("_")
-        and not inspect.ismodule(value)
-    } | {"__version__"}
-    assert sorted(mlx_local.__all__) == sorted(public)
+
+def test_top_level_is_pinned_and_small():
+    assert sorted(mlx_local.__all__) == sorted(TOP_LEVEL)
+    assert len(mlx_local.__all__) <= 25
+    public = {n for n, v in vars(mlx_local).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert public | {"__version__"} == set(TOP_LEVEL)
+
+
+def test_only_errors_and_types_are_public_modules():
+    names = {m.name for m in pkgutil.iter_modules(mlx_local.__path__)}
+    assert {n for n in names if not n.startswith("_")} == {"errors", "types"}
+    for name in names - {"__main__", "_version"}:  # every module says what it offers
+        module = importlib.import_module(f"mlx_local.{name}")
+        assert isinstance(getattr(module, "__all__", None), list), name
 
 
 def test_every_public_name_is_documented():
-    for name in mlx_local.__all__:
-        obj = getattr(mlx_local, name)
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            assert obj.__doc__ and obj.__doc__.strip(), name
+    from mlx_local import errors, types
+
+    for module in (mlx_local, errors, types):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                assert obj.__doc__ and obj.__doc__.strip(), f"{module.__name__}.{name}"
+
+
+def test_default_model_name_is_a_string_constant():
+    assert isinstance(mlx_local.DEFAULT_MODEL, str) and mlx_local.DEFAULT_MODEL
 
 
 def test_version():

@@ -141,6 +141,35 @@ def test_thinking_on_a_model_that_cannot_think(smollm2):
     assert chat.messages == [] and chat.replies == []
     # For a model without a thinking mode, "/think" is just text, not a switch.
     assert chat._soft_switch("Hello /think", None) is None
+    # A budget cannot apply either: refused the same way, not silently ignored.
+    with pytest.raises(InvalidOptionError, match="cannot think") as e:
+        smollm2.chat(thinking_budget=10)
+    assert e.value.option == "thinking_budget"
+    with pytest.raises(InvalidOptionError, match="cannot think"):
+        chat.send("Hello", thinking_budget=10)
+    assert chat.messages == []
+
+
+def test_messages_of_every_role_and_content_parts(qwen3):
+    chat = qwen3.chat(reuse_cache=False, max_tokens=3, thinking=False)
+    chat.add({"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]})
+    chat.add({"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}}]})
+    chat.add({"role": "tool", "content": "4", "tool_call_id": "call_0", "name": "add"})
+    reply = chat.send(None)  # answer the conversation as it stands
+    assert reply.stats.generated_tokens >= 1
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "tool", "assistant"]
+    chat.undo()  # the whole exchange since the last user message
+    assert chat.messages == [] and chat.replies == []
+    for bad, match in ((({"role": "wizard", "content": "hi"}), "role 'wizard'"),
+                       ({"role": "user", "content": [{"type": "image_url"}]}, "only text parts"),
+                       ({"role": "user", "content": 3}, "string 'content'")):  # fmt: skip
+        with pytest.raises(InvalidOptionError, match=match):
+            chat.add(bad)
+        with pytest.raises(InvalidOptionError, match=match):
+            qwen3.generate([bad])
+    with pytest.raises(InvalidOptionError, match="last message is not a user or tool"):
+        chat.send(None)
 
 
 # ----------------------------------------------------------------- parsing
@@ -234,7 +263,7 @@ def test_old_thinking_kept_in_replies_dropped_from_prompts(qwen3):
     assert chat.messages[-1] == {"role": "assistant", "content": "First answer.", "reasoning_content": first.thinking}
     second = Script([])
     chat.send("Second question", thinking=False, max_tokens=1, logits_processors=[second])
-    prompt = qwen3.render(chat.messages[:-1], enable_thinking=False)
+    prompt = qwen3.template.render(chat.messages[:-1], enable_thinking=False)
     assert "First answer." in prompt and "hmm" not in prompt  # Qwen3's template drops old thinking
     assert chat.replies[0].thinking == first.thinking
     assert chat.replies[-1].stats.cached_tokens > 0

@@ -24,7 +24,8 @@ import pytest
 
 import mlx_local
 from conftest import put_in_hf_cache
-from mlx_local import ConversionReport, InvalidModelError, InvalidOptionError, ModelNotFoundError
+from mlx_local import InvalidModelError, InvalidOptionError, ModelNotFoundError
+from mlx_local.types import ConversionReport
 from mlx_local._convert import AUTO_CANDIDATES, DEFAULT_MAX_KL, RECIPES
 from tiny_models import write_tiny_model
 

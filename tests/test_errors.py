@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import mlx_local
-from mlx_local import (
+from mlx_local.errors import (
     InvalidModelError,
     InvalidOptionError,
     MLXLocalError,
@@ -40,7 +40,7 @@ def test_tree():
     assert issubclass(InvalidModelError, ValueError) and issubclass(InvalidModelError, MLXLocalError)
     assert issubclass(UnsupportedArchitectureError, InvalidModelError)
     assert issubclass(InvalidOptionError, ValueError) and issubclass(InvalidOptionError, MLXLocalError)
-    assert issubclass(mlx_local.GatedModelError, ModelNotFoundError)
+    assert issubclass(mlx_local.errors.GatedModelError, ModelNotFoundError)
     assert issubclass(mlx_local.InsufficientMemoryError, MemoryError)
     assert issubclass(mlx_local.InsufficientMemoryError, MLXLocalError)
 

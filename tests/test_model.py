@@ -6,7 +6,7 @@ import json
 import re
 
 import mlx_local
-from mlx_local import Chunk, Result
+from mlx_local.types import Chunk, Result
 
 PARIS = "What is the capital of France?"
 

@@ -125,13 +125,13 @@ def test_pull_errors(hub, tiny_repo):
 def test_gated_repo_says_which_licence_to_accept_and_where(hub, tiny_repo, hf_cache):
     entry = catalog.lookup("llama3.2-1b")
     hub.add_repo(entry.repo, tiny_repo, gated=True)
-    with pytest.raises(mlx_local.GatedModelError) as e:
+    with pytest.raises(mlx_local.errors.GatedModelError) as e:
         mlx_local.pull("llama3.2-1b", quantized=False, progress=False)
     message = str(e.value)
     assert entry.licence.name in message and f"https://huggingface.co/{entry.repo}" in message
     assert "hf auth login" in message and e.value.url == f"https://huggingface.co/{entry.repo}"
     assert isinstance(e.value, mlx_local.ModelNotFoundError)
-    with pytest.raises(mlx_local.GatedModelError):
+    with pytest.raises(mlx_local.errors.GatedModelError):
         mlx_local.Model.load(entry.repo)
     assert not list(hf_cache.glob("*/snapshots/*/*.safetensors"))
 

@@ -1,0 +1,278 @@
+"""The per-sequence decoder: generated token ids in, typed chunks out.
+
+Whatever produces tokens (mlx-lm's ``generate_step``, a batch, a server
+worker) feeds them to a :class:`Decoder` one at a time; it touches no
+process-wide state (no RNG, no memory counters), so any number of them can
+run side by side. It does four jobs:
+
+- **channels**: a small state machine over token ids sorts the output into
+  ``content``, ``thinking`` (between a model's think tags) and, for models
+  that write tool calls between tags, ``tool_call``. A tag may be several
+  tokens long; its tokens are held back until the tag is complete (then they
+  are dropped: tags never reach any text) or broken (then they are text).
+  Because it works on ids, a ``<think>`` typed by a user or quoted by the
+  model is never mistaken for a tag.
+- **text**: each channel segment is detokenized with mlx-lm's streaming
+  detokenizer; the blank lines templates put around tags are dropped.
+- **stop strings** end the answer (content only) and are never returned;
+  the text that could still become one is held back until it cannot.
+- **finish**: ``"stop"`` (an end-of-sequence token), ``"stop_string"``,
+  ``"length"`` (the caller ran out of ``max_tokens``) or ``"repetition"``
+  (the output has become a loop, see :class:`LoopDetector`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from ._generation import Chunk, ChunkKind, FinishReason, TokenLogprob
+
+__all__ = ["ChannelTag", "Decoder", "LoopDetector"]
+
+
+@dataclass(frozen=True)
+class ChannelTag:
+    """Token ids that open and close a channel, e.g. ``<think>`` ... ``</think>``."""
+
+    channel: ChunkKind
+    open: tuple[int, ...]
+    close: tuple[int, ...]
+    #: the tag opens only before any answer text (think blocks come first;
+    #: tool calls may follow text)
+    leading: bool = False
+
+
+class LoopDetector:
+    """Says when generated tokens have become an exact loop.
+
+    A loop is the same span of ``p`` tokens (``1 <= p <= max_period``)
+    repeated back to back until the repetition covers ``max(3 * p, min_tokens)``
+    tokens: three copies of a sentence, or ``min_tokens`` of a short pattern
+    (so ``"- - - -"`` must run long before it counts). Natural text and code
+    almost never repeat a span exactly three times in a row; small models
+    decoding greedily do, until ``max_tokens``. Each token costs
+    ``max_period`` integer comparisons.
+    """
+
+    def __init__(self, *, max_period: int = 64, min_tokens: int = 48) -> None:
+        self._max_period = max_period
+        self._min_tokens = min_tokens
+        self._tokens: list[int] = []
+        self._runs = [0] * (max_period + 1)  # runs[p]: trailing tokens equal to the one p before
+
+    def add(self, token: int) -> bool:
+        """Record ``token``; True once the output is a loop."""
+        tokens = self._tokens
+        tokens.append(token)
+        n = len(tokens)
+        looped = False
+        for p in range(1, min(self._max_period, n - 1) + 1):
+            if tokens[-1 - p] == token:
+                self._runs[p] += 1
+                if self._runs[p] >= max(2 * p, self._min_tokens - p):
+                    looped = True
+            else:
+                self._runs[p] = 0
+        if n > 4 * self._max_period + self._min_tokens:
+            del tokens[: n - self._max_period - 1]  # only the last max_period + 1 are ever compared
+        return looped
+
+
+class _Channels:
+    """Token ids -> ``(channel, token)`` events, with tags recognised and removed."""
+
+    def __init__(self, tags: Sequence[ChannelTag], inside: ChunkKind | None) -> None:
+        self._tags = list(tags)
+        self.channel: ChunkKind = inside or "content"
+        self._open_tag: ChannelTag | None = next((t for t in self._tags if t.channel == inside), None)
+        self._held: list[int] = []  # a tag's first tokens, until it is complete or broken
+        self.answer_started = False  # set by the decoder once content text has shown
+
+    def _candidates(self) -> list[tuple[int, ...]]:
+        if self._open_tag is not None:
+            return [self._open_tag.close]
+        return [t.open for t in self._tags if not (t.leading and self.answer_started)]
+
+    def add(self, token: int) -> list[tuple[str, int | None]]:
+        """Events for one token: ``("text", id)`` in the current channel, or ``("switch", None)``."""
+        held = self._held + [token]
+        for tag in self._candidates():
+            if tuple(held) == tag:
+                self._held = []
+                if self._open_tag is not None:
+                    self._open_tag, self.channel = None, "content"
+                else:
+                    self._open_tag = next(t for t in self._tags if t.open == tag)
+                    self.channel = self._open_tag.channel
+                return [("switch", None)]
+            if tuple(held) == tag[: len(held)]:
+                self._held = held
+                return []
+        # Not (or no longer) a tag: the held tokens were text after all; the
+        # newest token may itself start a tag.
+        self._held = []
+        events: list[tuple[str, int | None]] = [("text", t) for t in held[:-1]]
+        return events + (self.add(token) if held[:-1] else [("text", token)])
+
+    def flush(self) -> list[tuple[str, int | None]]:
+        held, self._held = self._held, []
+        return [("text", t) for t in held]
+
+
+class Decoder:
+    """One sequence's generated tokens -> :class:`~mlx_local.Chunk` s.
+
+    Args:
+        detokenizer: an mlx-lm streaming detokenizer (it is reset here and
+            owned by this decoder from now on).
+        eos_ids: tokens that end the sequence (``finish_reason="stop"``).
+        tags: the channels the model writes between tags.
+        inside: the channel the prompt left open (a template that opens
+            ``<think>`` itself), or None.
+        stop: stop strings (applied to the content channel).
+        loops: end with ``finish_reason="repetition"`` when the output loops.
+
+    Call :meth:`add` for each token; once :attr:`finish_reason` is set the
+    sequence is over and :meth:`add` must not be called again. Call
+    :meth:`close` at the end either way: it flushes what was held back and
+    returns the last chunk, which carries the finish reason.
+    """
+
+    def __init__(
+        self,
+        detokenizer: Any,
+        *,
+        eos_ids: Iterable[int] = (),
+        tags: Sequence[ChannelTag] = (),
+        inside: ChunkKind | None = None,
+        stop: Sequence[str] = (),
+        loops: bool = True,
+    ) -> None:
+        self._detok = detokenizer
+        self._detok.reset()
+        self._eos = frozenset(int(t) for t in eos_ids)
+        self._channels = _Channels(tags, inside)
+        self._stops = tuple(stop)
+        self._loops = LoopDetector() if loops else None
+        self.finish_reason: FinishReason | None = None
+        self.tokens: list[int] = []
+        self.counts: dict[ChunkKind, int] = {"content": 0, "thinking": 0, "tool_call": 0}
+        self.opened: set[ChunkKind] = {inside} if inside else set()  # channels that appeared
+        self._reported = 0  # tokens already carried by a chunk
+        self._logprobs: list[TokenLogprob] = []
+        self._content = ""  # the answer decoded so far (stop strings cut off)
+        self._emitted = 0  # characters of _content already yielded
+        self._started = inside is None  # the segment has shown non-blank text
+        self._strip_lead = inside is not None  # drop the newlines a template puts after a tag
+        self._held_blank = ""  # trailing blank text of a non-content segment
+
+    @property
+    def channel(self) -> ChunkKind:
+        """The channel the next token belongs to."""
+        return self._channels.channel
+
+    def add(self, token: int, logprob: TokenLogprob | None = None) -> list[Chunk]:
+        """Chunks for one more generated token (often none: text is held until it is whole)."""
+        assert self.finish_reason is None, "the sequence is over"
+        token = int(token)
+        self.tokens.append(token)
+        if logprob is not None:
+            self._logprobs.append(logprob)
+        if token in self._eos:
+            self.finish_reason = "stop"
+            return []
+        out: list[Chunk] = []
+        for event, tid in self._channels.add(token):
+            if event == "switch":
+                out += self._end_segment()
+                if self.channel != "content":
+                    self.opened.add(self.channel)
+            else:
+                assert tid is not None
+                self.counts[self.channel] += 1
+                self._detok.add_token(tid)
+                out += self._text(self._detok.last_segment)
+            if self.finish_reason == "stop_string":
+                return out
+        if self._loops is not None and self._loops.add(token):
+            self.finish_reason = "repetition"
+        return out
+
+    def close(self, finish_reason: FinishReason = "length") -> list[Chunk]:
+        """Flush what was held back; the last chunk carries the finish reason.
+
+        ``finish_reason`` is used when the sequence has not ended by itself
+        (the caller stopped at ``max_tokens``: ``"length"``).
+        """
+        out: list[Chunk] = []
+        if self.finish_reason is None:
+            self.finish_reason = finish_reason
+        if self.finish_reason != "stop_string":
+            for _, tid in self._channels.flush():
+                assert tid is not None
+                self.counts[self.channel] += 1
+                self._detok.add_token(tid)
+            self._detok.finalize()
+            out += self._text(self._detok.last_segment, final=True)
+        self._held_blank = ""
+        return out + [self._chunk(self._content[self._emitted :], "content", finish=True)]
+
+    # ---------------------------------------------------------------- text
+
+    def _chunk(self, text: str, kind: ChunkKind, finish: bool = False) -> Chunk:
+        ids = tuple(self.tokens[self._reported :])
+        lps = tuple(self._logprobs[self._reported :]) if self._logprobs else ()
+        self._reported = len(self.tokens)
+        return Chunk(text, ids, self.finish_reason if finish else None, None, kind, lps)
+
+    def _end_segment(self) -> list[Chunk]:
+        self._detok.finalize()
+        out = self._text(self._detok.last_segment)
+        self._detok.reset()
+        self._held_blank = ""  # a block's trailing blank lines are not part of it
+        self._started, self._strip_lead = False, True
+        return out
+
+    def _text(self, text: str, final: bool = False) -> list[Chunk]:
+        if not text:
+            return []
+        kind = self.channel
+        if not self._started:
+            if self._strip_lead or kind != "content":
+                text = text.lstrip("\n")
+            if not text:
+                return []
+            self._started = True
+        if kind != "content":
+            text = self._held_blank + text
+            body = text.rstrip()
+            self._held_blank = text[len(body) :]
+            return [self._chunk(body, kind)] if body else []
+        self._content += text
+        self._channels.answer_started = self._channels.answer_started or bool(text.strip())
+        if self._stops:
+            cut = min((i for i in (self._content.find(s, self._emitted) for s in self._stops) if i >= 0), default=-1)
+            if cut >= 0:
+                self._content = self._content[:cut]
+                self.finish_reason = "stop_string"
+                return []
+            safe = len(self._content) if final else len(self._content) - _held_back(self._content, self._stops)
+        else:
+            safe = len(self._content)
+        if safe <= self._emitted:
+            return []
+        piece = self._content[self._emitted : safe]
+        self._emitted = safe
+        return [self._chunk(piece, "content")]
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` could start a stop string."""
+    keep = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:n]):
+                keep = n
+                break
+    return keep

@@ -32,14 +32,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from ._conversation import Conversation, check_message, text_of
 from ._fileio import write_text_atomic
-from ._generation import Chunk, FinishReason, GenerationOptions, Stats
+from ._generation import Chunk, GenerationOptions
+from ._reply import Reply
 from ._thinking import ThinkingBudget
+from ._tools import Tool, Toolset
 from .errors import ChatError, InvalidOptionError
 
 if TYPE_CHECKING:
@@ -60,54 +62,6 @@ _FORMAT = "mlx_local.chat"
 _VERSION = 2
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One answer in a chat.
-
-    Attributes:
-        content: the answer.
-        thinking: the reasoning (think block, tags removed), or None.
-        finish_reason: ``"stop"``, ``"stop_string"`` or ``"length"``.
-        stats: as :class:`~mlx_local.Stats`: ``thinking_tokens`` and
-            ``answer_tokens`` count apart, ``cached_tokens`` says how much of
-            the prompt came from the chat's cache.
-        thinking_budget_hit: the budget ran out and the library closed the
-            think block.
-        options: the generation options this turn used (the model's, its
-            family's per-mode sampling, the chat's and the call's, merged).
-    """
-
-    content: str
-    thinking: str | None
-    finish_reason: FinishReason
-    stats: Stats
-    thinking_budget_hit: bool = False
-    token_ids: tuple[int, ...] = field(default=(), repr=False)
-    options: GenerationOptions | None = field(default=None, repr=False)
-
-    def __str__(self) -> str:
-        return self.content
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["token_ids"] = list(self.token_ids)
-        if self.options is not None:
-            d["options"]["stop"] = list(self.options.stop)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Reply":
-        return cls(
-            content=str(d["content"]),
-            thinking=None if d.get("thinking") is None else str(d["thinking"]),
-            finish_reason=d["finish_reason"],
-            stats=Stats(**d["stats"]),
-            thinking_budget_hit=bool(d.get("thinking_budget_hit", False)),
-            token_ids=tuple(int(t) for t in d.get("token_ids", ())),
-            options=GenerationOptions().updated(**d["options"]) if d.get("options") else None,
-        )
-
-
 def _check_thinking(value: Any) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise InvalidOptionError(f"thinking={value!r}: use True, False or None (the model's default)", option="thinking")
@@ -121,6 +75,19 @@ def _check_budget(value: Any) -> int | None:
             option="thinking_budget",
         )
     return value
+
+
+def _run_tool(tool: Tool | None, name: str, arguments: dict[str, Any]) -> Any:
+    """The result of one call, or an error message the model can read."""
+    if tool is None or tool.function is None:
+        return f"Error: there is no tool called {name!r}."
+    problem = tool.check(arguments)
+    if problem:
+        return f"Error: the arguments do not fit {name}'s parameters: {problem}"
+    try:
+        return tool.function(**arguments)
+    except Exception as e:  # the model hears of it; the chat goes on
+        return f"Error: {name} raised {type(e).__name__}: {e}"
 
 
 class Chat:
@@ -244,21 +211,53 @@ class Chat:
 
     # ------------------------------------------------------------ talking
 
-    def send(
-        self,
-        text: str | None,
-        *,
-        thinking: bool | None = None,
-        thinking_budget: int | None = None,
-        logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
-        **options: Any,
-    ) -> Reply:
+    def send(self, text: str | None, **kwargs: Any) -> Reply:
         """Send a user message (None: none) and return the whole reply. Same arguments as :meth:`stream`."""
-        for _ in self.stream(
-            text, thinking=thinking, thinking_budget=thinking_budget, logits_processors=logits_processors, **options
-        ):
+        for _ in self.stream(text, **kwargs):
             pass
         return self._replies[-1][1]  # the stream recorded it when it completed
+
+    def add_tool_result(self, call_id: str, value: Any) -> None:
+        """Answer the model's tool call ``call_id`` with ``value`` (text, or anything JSON can write)."""
+        calls = {c.id: c for _, r in self._replies[-1:] for c in r.tool_calls}
+        if call_id not in calls:
+            known = ", ".join(calls) or "none"
+            raise ChatError(f"The last reply made no tool call {call_id!r} (its calls: {known}).")
+        content = value if isinstance(value, str) else json.dumps(value, default=str)
+        self.add({"role": "tool", "content": content, "tool_call_id": call_id, "name": calls[call_id].name})
+
+    def act(self, text: str | None, tools: Sequence[Any], *, tool_choice: Any = "auto", max_rounds: int = 5,
+            **kwargs: Any) -> Reply:
+        """Send ``text``, run the tools the model calls, feed their results back, until it answers.
+
+        ``tools`` must be Python callables (or :class:`~mlx_local._tools.Tool` s
+        with a function). ``tool_choice`` applies to the first round; later
+        rounds are ``"auto"``. A tool that raises gives the model its error
+        message as the result; arguments that do not match the tool's schema
+        are reported to the model, never called. The final reply has every
+        earlier round in ``rounds``; after ``max_rounds`` rounds of calls it
+        ends with ``finish_reason="max_rounds"``.
+        """
+        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
+            raise InvalidOptionError(f"max_rounds={max_rounds!r}: give a whole number of at least 1.", option="max_rounds")
+        toolset = Toolset(tools, self.model.template, tool_choice)
+        missing = [t.name for t in toolset.tools if t.function is None]
+        if missing:
+            raise InvalidOptionError(f"act() runs the tools, so they must be callables; {', '.join(missing)} is not.",
+                                     option="tools")  # fmt: skip
+        rounds: list[Reply] = []
+        reply = self.send(text, tools=toolset.tools, tool_choice=tool_choice, **kwargs)
+        while reply.tool_calls:
+            rounds.append(reply)
+            for call in reply.tool_calls:
+                self.add_tool_result(call.id, _run_tool(toolset.by_name.get(call.name), call.name, call.arguments))
+            if len(rounds) >= max_rounds:
+                reply = replace(reply, finish_reason="max_rounds")
+                break
+            reply = self.send(None, tools=toolset.tools, tool_choice="auto", **kwargs)
+        final = replace(reply, rounds=tuple(rounds))
+        self._replies[-1] = (self._replies[-1][0], final)
+        return final
 
     def stream(
         self,
@@ -266,6 +265,11 @@ class Chat:
         *,
         thinking: bool | None = None,
         thinking_budget: int | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = "auto",
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        pattern: str | None = None,
         logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
         **options: Any,
     ) -> Iterator[Chunk]:
@@ -281,6 +285,13 @@ class Chat:
                 stands (its last message must be a user or tool message).
             thinking: this turn's thinking mode (None: the chat's, see the module doc).
             thinking_budget: this turn's budget (None: the chat's).
+            tools: functions the model may call (callables or OpenAI-style
+                definitions, see :mod:`mlx_local._tools`); the calls come
+                on the ``tool_call`` channel and as ``reply.tool_calls``.
+            tool_choice: ``"auto"``, ``"required"`` (a call, constrained to
+                the tools' schemas), ``"none"`` or a tool's name.
+            schema, choices, pattern: constrain the answer, as in
+                :meth:`Model.stream`; ``reply.parsed`` gives the value.
             logits_processors: extra mlx-lm logits processors (advanced).
             **options: generation options for this turn.
         """
@@ -305,14 +316,23 @@ class Chat:
 
         family = THINKING_SAMPLING.get(self.model.architecture, {}).get(mode, {}) if self.support != "none" else {}
         opts = self.model.default_options.updated(**family).updated(**self.default_options).updated(**options)
-        prompt = self.model.template.prompt(self.messages + new, thinking=mode if self.support != "none" else None)
+        toolset = Toolset(tools, self.model.template, tool_choice) if tools is not None else None
+        messages = toolset.messages(self.messages + new) if toolset else self.messages + new
+        template_kwargs = toolset.template_kwargs() if toolset else {}
+        prompt = self.model.template.prompt(messages, thinking=mode if self.support != "none" else None, **template_kwargs)
         processors = list(logits_processors)
+        constraint, grammar = self.model.constrain(schema, choices, pattern, thinking_open=prompt.thinking_open)
+        if toolset is not None and constraint is None and (call_grammar := toolset.grammar()) is not None:
+            grammar = self.model.grammar_processor(call_grammar, thinking_open=prompt.thinking_open)
+        if grammar:
+            opts = opts.updated(stop_loops=False)  # a constrained answer may repeat itself legitimately
+        processors += grammar
         guard: ThinkingBudget | None = None
         tags = self.model.think_tags
         if budget is not None and mode and tags is not None:
             guard = ThinkingBudget(tags, tags.transition_ids(self.model.tokenizer), budget, inside=prompt.thinking_open)
             processors.append(guard)  # last, so the budget wins over any other processor
-        return self._generate(prompt.ids, prompt.thinking_open, opts, processors, guard, new, soft)
+        return self._generate(prompt.ids, prompt.thinking_open, opts, processors, guard, new, soft, toolset, constraint)
 
     def _mode(self, explicit: bool | None, soft: bool | None) -> bool:
         for choice in (explicit, soft, self.thinking):
@@ -331,6 +351,8 @@ class Chat:
         guard: ThinkingBudget | None,
         new: list[dict[str, Any]],
         soft: bool | None,
+        toolset: Toolset | None,
+        constraint: Any,
     ) -> Iterator[Chunk]:
         generated: list[int] = []
         parts: dict[str, list[str]] = {"thinking": [], "content": [], "tool_call": []}
@@ -341,6 +363,7 @@ class Chat:
             logits_processors=processors,
             thinking_open=inside,
             prompt_cache=self.model.prompt_cache if self.reuse_cache else None,
+            tools=toolset,
         ):
             parts[chunk.kind].append(chunk.text)
             generated.extend(chunk.token_ids)
@@ -356,10 +379,15 @@ class Chat:
             bool(guard and guard.hit),
             tuple(generated),
             opts,
+            tool_calls=last.tool_calls,
+            tool_format=toolset.format if toolset else None,
+            constraint=constraint,
         )
         assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.thinking:
             assistant["reasoning_content"] = reply.thinking
+        if reply.tool_calls:
+            assistant["tool_calls"] = [c.as_dict() for c in reply.tool_calls]
         for m in new:
             self._conversation.add(m)
         self._conversation.add(assistant)

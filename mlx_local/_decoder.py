@@ -88,6 +88,7 @@ class _Channels:
         self._open_tag: ChannelTag | None = next((t for t in self._tags if t.channel == inside), None)
         self._held: list[int] = []  # a tag's first tokens, until it is complete or broken
         self.answer_started = False  # set by the decoder once content text has shown
+        self.previous: ChunkKind = self.channel  # the channel before the last switch
 
     def _candidates(self) -> list[tuple[int, ...]]:
         if self._open_tag is not None:
@@ -100,6 +101,7 @@ class _Channels:
         for tag in self._candidates():
             if tuple(held) == tag:
                 self._held = []
+                self.previous = self.channel
                 if self._open_tag is not None:
                     self._open_tag, self.channel = None, "content"
                 else:
@@ -166,6 +168,9 @@ class Decoder:
         self._started = inside is None  # the segment has shown non-blank text
         self._strip_lead = inside is not None  # drop the newlines a template puts after a tag
         self._held_blank = ""  # trailing blank text of a non-content segment
+        self._segment = ""  # the raw text of the current non-content segment
+        #: the raw text of each finished thinking / tool-call segment, in order
+        self.segments: dict[ChunkKind, list[str]] = {}
 
     @property
     def channel(self) -> ChunkKind:
@@ -185,7 +190,7 @@ class Decoder:
         out: list[Chunk] = []
         for event, tid in self._channels.add(token):
             if event == "switch":
-                out += self._end_segment()
+                out += self._end_segment(self._channels.previous)
                 if self.channel != "content":
                     self.opened.add(self.channel)
             else:
@@ -215,6 +220,8 @@ class Decoder:
                 self._detok.add_token(tid)
             self._detok.finalize()
             out += self._text(self._detok.last_segment, final=True)
+            if self.channel != "content":  # a block the output never closed
+                self.segments.setdefault(self.channel, []).append(self._segment)
         self._held_blank = ""
         return out + [self._chunk(self._content[self._emitted :], "content", finish=True)]
 
@@ -226,18 +233,23 @@ class Decoder:
         self._reported = len(self.tokens)
         return Chunk(text, ids, self.finish_reason if finish else None, None, kind, lps)
 
-    def _end_segment(self) -> list[Chunk]:
+    def _end_segment(self, kind: ChunkKind) -> list[Chunk]:
         self._detok.finalize()
-        out = self._text(self._detok.last_segment)
+        out = self._text(self._detok.last_segment, kind=kind)
         self._detok.reset()
+        if kind != "content":
+            self.segments.setdefault(kind, []).append(self._segment)
+        self._segment = ""
         self._held_blank = ""  # a block's trailing blank lines are not part of it
         self._started, self._strip_lead = False, True
         return out
 
-    def _text(self, text: str, final: bool = False) -> list[Chunk]:
+    def _text(self, text: str, final: bool = False, kind: ChunkKind | None = None) -> list[Chunk]:
         if not text:
             return []
-        kind = self.channel
+        kind = kind or self.channel
+        if kind != "content":
+            self._segment += text
         if not self._started:
             if self._strip_lead or kind != "content":
                 text = text.lstrip("\n")

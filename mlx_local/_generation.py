@@ -16,8 +16,9 @@ from .errors import InvalidOptionError
 __all__ = ["Chunk", "ChunkKind", "FinishReason", "GenerationOptions", "Result", "Stats", "TokenLogprob", "collect"]
 
 #: Why generation ended: an end-of-sequence token, a stop string, ``max_tokens``,
-#: or the output became an exact loop (``stop_loops``).
-FinishReason = Literal["stop", "stop_string", "length", "repetition"]
+#: the output became an exact loop (``stop_loops``), the answer is tool calls,
+#: or ``chat.act`` ran out of rounds.
+FinishReason = Literal["stop", "stop_string", "length", "repetition", "tool_calls", "max_rounds"]
 #: What a chunk of text is: the answer, reasoning in a think block, or a tool call.
 ChunkKind = Literal["content", "thinking", "tool_call"]
 
@@ -206,6 +207,8 @@ class Chunk:
     stats: Stats | None = None
     kind: ChunkKind = "content"
     logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
+    #: on the last chunk, with ``tools=``: the calls the model made (``ToolCall``)
+    tool_calls: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -229,9 +232,24 @@ class Result:
     token_ids: tuple[int, ...] = field(default=(), repr=False)
     thinking: str | None = None
     logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
+    constraint: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.text
+
+    @property
+    def parsed(self) -> Any:
+        """With ``schema=``: the answer as a dict (or an instance of the pydantic class given);
+        with ``choices=`` / ``pattern=``: the text.
+
+        Raises:
+            OutputError: the answer was cut short (``finish_reason`` is not
+                ``"stop"``), so it is not whole.
+            InvalidOptionError: no ``schema``, ``choices`` or ``pattern`` was given.
+        """
+        if self.constraint is None:
+            raise InvalidOptionError("parsed needs schema=, choices= or pattern= on the call.", option="schema")
+        return self.constraint.parse(self.text, self.finish_reason)
 
 
 @dataclass(frozen=True)

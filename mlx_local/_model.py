@@ -239,12 +239,40 @@ class Model:
 
     # ----------------------------------------------------------- generating
 
+    def constrain(self, schema: Any = None, choices: Any = None, pattern: Any = None, *,
+                  thinking_open: bool = False) -> tuple[Any, list[Any]]:
+        """The constraint for ``schema`` / ``choices`` / ``pattern`` and its logits processor (or ``(None, [])``).
+
+        Checked here, before any token is generated (see :mod:`mlx_local._structured`).
+        """
+        from ._structured import check_constraint, grammar_tokenizer, make_constraint
+
+        constraint = make_constraint(schema, choices, pattern)
+        if constraint is None:
+            return None, []
+        option = "schema" if constraint.kind == "json" else constraint.kind
+        check_constraint(constraint.grammar, grammar_tokenizer(self), option)
+        return constraint, self.grammar_processor(constraint.grammar, thinking_open=thinking_open)
+
+    def grammar_processor(self, grammar: str, *, thinking_open: bool = False) -> list[Any]:
+        """A logits processor keeping the answer (after any thinking) inside an llguidance ``grammar``."""
+        from ._structured import GrammarProcessor, grammar_tokenizer
+
+        tags = self.think_tags
+        return [GrammarProcessor(
+            grammar_tokenizer(self), grammar, think=(tags.start_id, tags.end_id) if tags else None,
+            thinking_open=thinking_open, on_gpu=self.runtime.backend == "metal",
+        )]  # fmt: skip
+
     def stream(
         self,
         prompt: PromptInput,
         *,
         raw: bool = False,
         reuse_cache: bool = False,
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        pattern: str | None = None,
         logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
         **options: Any,
     ) -> Iterator[Chunk]:
@@ -261,11 +289,22 @@ class Model:
         processors, ``f(tokens, logits) -> logits``, applied after the
         sampling options. A thinking model's reasoning comes as
         ``kind="thinking"`` chunks.
+
+        Structured output (one of them): ``schema`` (a JSON Schema dict, a
+        pydantic model class, or ``"json"`` for any JSON object),
+        ``choices`` (one of these strings) or ``pattern`` (a regular
+        expression). The answer is constrained to it as it is generated
+        (thinking stays free), so it always parses; ``Result.parsed`` gives
+        the value. Bad schemas raise ``InvalidOptionError`` here, before any
+        token is generated.
         """
         opts = self._defaults.updated(**options)
         prompt_ = self._prompt(prompt, raw)
+        constraint, grammar = self.constrain(schema, choices, pattern, thinking_open=prompt_.thinking_open)
+        if constraint is not None:
+            opts = opts.updated(stop_loops=False)  # a constrained answer may repeat itself legitimately
         return self.run(
-            prompt_.ids, opts, logits_processors=logits_processors, thinking_open=prompt_.thinking_open,
+            prompt_.ids, opts, logits_processors=[*logits_processors, *grammar], thinking_open=prompt_.thinking_open,
             prompt_cache=self.prompt_cache if reuse_cache else None,
         )  # fmt: skip
 
@@ -277,12 +316,15 @@ class Model:
         logits_processors: Sequence[Any] = (),
         thinking_open: bool = False,
         prompt_cache: PromptCache | None = None,
+        tools: Any = None,
     ) -> Iterator[Chunk]:
         """Generate from prompt token ids (what ``stream`` and ``Chat`` share).
 
         ``prompt_cache``: take the KV cache with the longest common prefix
         from it, and give it back with the new tokens once the answer is
-        complete (an abandoned stream gives nothing back).
+        complete (an abandoned stream gives nothing back). ``tools`` (a
+        ``_tools.Toolset``): calls come on the ``tool_call`` channel and, parsed,
+        on the last chunk's ``tool_calls`` (finish reason ``"tool_calls"``).
         """
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
@@ -295,10 +337,13 @@ class Model:
         if cache is None:
             cache, cached = make_prompt_cache(self.module), 0
         tags = self.think_tags
+        channels = [ChannelTag("thinking", (tags.start_id,), (tags.end_id,), leading=True)] if tags else []
+        if tools is not None and tools.choice != "none":
+            channels.append(ChannelTag("tool_call", *tools.tag_ids()))
         decoder = Decoder(
             self.tokenizer.detokenizer,
             eos_ids=self.tokenizer.eos_token_ids,
-            tags=[ChannelTag("thinking", (tags.start_id,), (tags.end_id,), leading=True)] if tags else [],
+            tags=channels,
             inside="thinking" if thinking_open else None,
             stop=opts.stop,
             loops=opts.stop_loops,
@@ -310,6 +355,8 @@ class Model:
             self.module, ids[cached:], opts, decoder, logits_processors=logits_processors, prompt_cache=cache,
             cached_tokens=cached, peak_memory=mx.get_peak_memory,
         )  # fmt: skip
+        if tools is not None:
+            chunks = self._with_calls(chunks, decoder, tools)
         if self.runtime.backend == "metal":
             from mlx_lm.generate import wired_limit
 
@@ -320,12 +367,27 @@ class Model:
         if prompt_cache is not None:
             prompt_cache.put(ids + decoder.tokens, cache)
 
+    @staticmethod
+    def _with_calls(chunks: Iterator[Chunk], decoder: Any, tools: Any) -> Iterator[Chunk]:
+        from dataclasses import replace
+
+        for chunk in chunks:
+            if chunk.stats is not None:
+                calls, _ = tools.parse(decoder.segments.get("tool_call", []))
+                if calls:
+                    finish = "tool_calls" if chunk.finish_reason == "stop" else chunk.finish_reason
+                    chunk = replace(chunk, tool_calls=tuple(calls), finish_reason=finish)
+            yield chunk
+
     def generate(
         self,
         prompt: PromptInput,
         *,
         raw: bool = False,
         reuse_cache: bool = False,
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        pattern: str | None = None,
         logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
         **options: Any,
     ) -> Result:
@@ -333,9 +395,15 @@ class Model:
 
         >>> model.generate("Name a colour.", max_tokens=8, seed=1)  # doctest: +SKIP
         Result(text='Blue.', finish_reason='stop', stats=Stats(...))
+        >>> model.generate("A city and its country.", schema=City).parsed  # doctest: +SKIP
+        City(name='Paris', country='France')
         """
-        c = collect(self.stream(prompt, raw=raw, reuse_cache=reuse_cache, logits_processors=logits_processors, **options))
-        return Result(c.content, c.finish_reason, c.stats, c.token_ids, c.thinking, c.logprobs)
+        from ._structured import make_constraint
+
+        c = collect(self.stream(prompt, raw=raw, reuse_cache=reuse_cache, schema=schema, choices=choices,
+                                pattern=pattern, logits_processors=logits_processors, **options))  # fmt: skip
+        constraint = make_constraint(schema, choices, pattern)
+        return Result(c.content, c.finish_reason, c.stats, c.token_ids, c.thinking, c.logprobs, constraint)
 
     def chat(
         self,

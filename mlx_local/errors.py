@@ -19,6 +19,8 @@ keep working::
     │                                        machine's memory (checked before loading)
     ├── InvalidOptionError (ValueError)      a bad argument: empty prompt,
     │                                        max_tokens=-1, top_p=1.5, ...
+    ├── OutputError (ValueError)             the answer cannot be given as asked:
+    │                                        structured output cut by max_tokens
     ├── StorageError (OSError)               a file or folder could not be read,
     │                                        written or removed: disk full,
     │                                        permissions (the path is named)
@@ -39,6 +41,7 @@ __all__ = [
     "InsufficientMemoryError",
     "InvalidModelError",
     "InvalidOptionError",
+    "OutputError",
     "ChatError",
     "MLXLocalError",
     "ModelNotFoundError",
@@ -152,6 +155,18 @@ class InvalidOptionError(MLXLocalError, ValueError):
     def __init__(self, message: str, *, option: str) -> None:
         super().__init__(message)
         self.option = option
+
+
+class OutputError(MLXLocalError, ValueError):
+    """The answer cannot be given as asked, e.g. ``.parsed`` of a reply cut by ``max_tokens`` inside its JSON.
+
+    Attributes:
+        text: the text the model did write.
+    """
+
+    def __init__(self, message: str, *, text: str) -> None:
+        super().__init__(message)
+        self.text = text
 
 
 class ChatError(MLXLocalError, ValueError):

@@ -11,7 +11,7 @@ Nothing here needs constructing by hand except :class:`GenerationOptions`
 from __future__ import annotations
 
 from ._catalog import CatalogEntry
-from ._chat import Reply
+from ._reply import Reply
 from ._convert import Candidate, ConversionReport
 from ._generation import Chunk, ChunkKind, FinishReason, GenerationOptions, Result, Stats, TokenLogprob
 from ._memory import DeviceInfo, MemoryEstimate

@@ -26,13 +26,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
-from ._fileio import sha256_of
+from ._fileio import DestinationExists, sha256_of, staged_folder
 
 __all__ = ["ASSETS", "Asset", "home", "fetch", "path"]
 
@@ -190,12 +189,9 @@ def fetch(name: str) -> Path:
     target = asset.folder / asset.entry
     if asset.folder.is_dir() and target.exists():
         return target.resolve()
-    asset.folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=asset.folder.parent, prefix=f".{name}-") as tmp:
-        download_dir = Path(tmp) / "download"
-        staging = Path(tmp) / "staging"
+    with staged_folder(asset.folder, commit=False) as stage:
+        download_dir = stage.work / "download"
         download_dir.mkdir()
-        staging.mkdir()
         archive = _download(asset, download_dir)
         digest = sha256_of(archive)
         if digest != asset.sha256:
@@ -204,10 +200,11 @@ def fetch(name: str) -> Path:
                 "refusing to use it. Retry, and report it if it persists.",
                 source=name,
             )
-        _extract(archive, asset.members, staging)
-        if asset.folder.exists():  # a concurrent fetch finished first
-            return target.resolve()
-        os.replace(staging, asset.folder)
+        _extract(archive, asset.members, stage.folder)
+        try:
+            stage.commit()
+        except DestinationExists:  # a concurrent fetch finished first
+            pass
     return target.resolve()
 
 

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any, Callable
 
 from ._version import __version__
 from .errors import InvalidOptionError
-from ._fileio import replace_dir, sha256_of
+from ._fileio import DestinationExists, Stage, clear_stale, pid_alive, sha256_of, staged_folder
 from ._quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Reference, check_runs, text_digest
 from ._quantize import build, candidate, dequantize
 from ._recipes import DEFAULT_MAX_KL, EARLY_REJECT, check_options, plans as make_plans
@@ -128,34 +127,6 @@ def _is_quantized(config: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------- writing
 
 
-_PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>\d+)-")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale(dest: Path) -> None:
-    """Remove what killed conversions to ``dest`` left behind (their process is gone).
-
-    A conversion killed in the instant between moving an existing ``dest``
-    aside and renaming its result into place left the old ``dest`` in its
-    folder as ``previous``: that is put back first.
-    """
-    for p in sorted(dest.parent.glob(f".{dest.name}.partial-*")) if dest.parent.is_dir() else []:
-        m = _PARTIAL.match(p.name)
-        if m and m["name"] == dest.name and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
-            if (p / "previous").is_dir() and not dest.exists():
-                os.replace(p / "previous", dest)
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def _check_dest(dest: Path, overwrite: bool) -> None:
     if not dest.exists() and not dest.is_symlink():
         return
@@ -189,11 +160,14 @@ def _check_apart(dest: Path, src: _Source) -> None:
             )
 
 
-def _swap_in(new: Path, dest: Path, work: Path, overwrite: bool) -> None:
-    """Put ``new`` at ``dest``; an existing ``dest`` is moved aside first and deleted after."""
-    if dest.exists() and not overwrite:  # it appeared while we worked (another conversion?)
-        raise InvalidOptionError(f"{dest} appeared while converting; pass overwrite=True to replace it.", option="dest")
-    replace_dir(new, dest, work / "previous")
+def _swap_in(stage: Stage, new: Path) -> None:
+    """Put ``new`` at ``dest``; an existing ``dest`` (overwrite=True) is kept aside until then."""
+    try:
+        stage.commit(new)
+    except DestinationExists:  # it appeared while we worked (another conversion?)
+        raise InvalidOptionError(
+            f"{stage.dest} appeared while converting; pass overwrite=True to replace it.", option="dest"
+        ) from None
 
 
 # ----------------------------------------------------------------- convert
@@ -285,7 +259,7 @@ def convert(
         raise InvalidOptionError("dest must be the path of the folder to write.", option="dest")
     dest = Path(dest).expanduser().absolute()
     dest = dest.parent.resolve() / dest.name
-    _clean_stale(dest)
+    clear_stale(dest)  # (first: a dest moved aside by a killed conversion is put back)
     _check_dest(dest, overwrite)
 
     report_progress("source", 0.0)
@@ -295,10 +269,9 @@ def convert(
     provenance, source_bytes = _describe(src, revision)
     dtype = dtype or _source_dtype(config)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-{os.getpid()}-"))
     reference: Reference | None = None
-    try:
+    with staged_folder(dest, overwrite=overwrite, commit=False) as stage:
+        work = stage.work
         float_folder = src.folder
         if _is_quantized(config):
             float_folder = work / "float"
@@ -377,10 +350,8 @@ def convert(
         report = replace(report, seconds=time.perf_counter() - start)
         _write_provenance(final, provenance, report)
         report_progress("finish", 1.0)
-        _swap_in(final, dest, work, overwrite)
-        return report
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _swap_in(stage, final)
+    return report
 
 
 # The reference of the latest conversion, kept for the next one from the same
@@ -429,7 +400,7 @@ def _clean_stale_references(scratch: Path) -> None:
         return
     for p in scratch.glob("mlx_local-reference-*-*"):
         pid = p.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -34,8 +34,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +43,7 @@ import numpy as np
 from ._version import __version__
 from ._assets import home
 from .errors import InvalidModelError, InvalidOptionError, UnsupportedArchitectureError
-from ._fileio import sha256_of
+from ._fileio import sha256_of, staged_folder
 from ._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 from ._gguf_reader import Gguf, read_gguf
 
@@ -436,9 +434,8 @@ def import_gguf(
     g = read_gguf(src)
     config = _checked_config(g, src)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    try:
+    with staged_folder(dest) as stage:  # (raises DestinationExists, a FileExistsError, if dest appeared)
+        tmp = stage.folder
         stop_ids = _tokenizer(g, tmp)
         tensors, layer_quant, summary = _convert_tensors(g, config, weights, progress)
         if stop_ids:
@@ -465,12 +462,6 @@ def import_gguf(
             "import": {"weights": weights, "importer_version": _IMPORTER_VERSION, "tensors": dict(summary)},
         }
         (tmp / "mlx_local.json").write_text(json.dumps(provenance, indent=2))
-        if dest.exists():
-            raise FileExistsError(f"{dest} already exists")
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

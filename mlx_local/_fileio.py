@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StorageError
+from .errors import MLXLocalError, StorageError
 
 __all__ = [
     "DestinationExists",
@@ -47,22 +47,25 @@ def sha256_of(path: Path) -> str:
 
 @contextmanager
 def storage_errors(path: Path | str, doing: str) -> Iterator[None]:
-    """Turn an ``OSError`` (disk full, permissions, ...) into a :class:`StorageError` naming ``path``.
+    """Turn an ``OSError`` (disk full, permissions, ...) into a :class:`StorageError`.
 
-    ``doing`` completes the sentence "Could not ..." (e.g. ``"write the model folder"``).
-    Our own errors (already ``StorageError``) pass through unchanged.
+    ``doing`` completes the sentence "Could not ... at <path>" (e.g. ``"save
+    the model"``). The error's ``path`` is the file the system named (the
+    culprit), else ``path``; ``__cause__`` is the ``OSError``. Our own errors
+    pass through unchanged (some, like ``HubUnreachableError``, are OSErrors too).
     """
     try:
         yield
-    except StorageError:
+    except MLXLocalError:
         raise
     except OSError as e:
-        culprit = e.filename if isinstance(e.filename, str) and e.filename else str(path)
-        reason = e.strerror or type(e).__name__
+        culprit = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes, os.PathLike)) else str(path)
+        where = f"{path}" if culprit == str(path) else f"{path} ({culprit})"
+        reason = e.strerror or str(e) or type(e).__name__
         raise StorageError(
-            f"Could not {doing} at {path}: {reason} ({culprit}). Check the free space and the "
-            "permissions of that folder; nothing half-written was left in place.",
-            path=str(path),
+            f"Could not {doing} at {where}: {reason}. Check the free space and the permissions of that "
+            "folder; nothing half-written was left in its place.",
+            path=culprit,
         ) from e
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from ._version import __version__
 from ._assets import home
 from .errors import InvalidModelError, InvalidOptionError, UnsupportedArchitectureError
-from ._fileio import sha256_of, staged_folder
+from ._fileio import sha256_of, staged_folder, storage_errors
 from ._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 from ._gguf_reader import Gguf, read_gguf
 
@@ -425,6 +425,7 @@ def import_gguf(
         InvalidModelError: the file is not a readable GGUF or lacks a tokenizer.
         UnsupportedArchitectureError: its architecture or tensors have no
             mlx-lm equivalent.
+        StorageError: ``dest`` could not be written (disk full, permissions).
     """
     src, dest = Path(path), Path(dest)
     if weights not in WEIGHT_MODES:
@@ -434,34 +435,35 @@ def import_gguf(
     g = read_gguf(src)
     config = _checked_config(g, src)
 
-    with staged_folder(dest) as stage:  # (raises DestinationExists, a FileExistsError, if dest appeared)
-        tmp = stage.folder
-        stop_ids = _tokenizer(g, tmp)
-        tensors, layer_quant, summary = _convert_tensors(g, config, weights, progress)
-        if stop_ids:
-            config["eos_token_id"] = stop_ids if len(stop_ids) > 1 else stop_ids[0]
-        if layer_quant:
-            default = Counter(q["bits"] for q in layer_quant.values()).most_common(1)[0][0]
-            quant: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default, "mode": "affine"}
-            quant.update({p: q for p, q in layer_quant.items() if q["bits"] != default})
-            config["quantization"] = quant
-            config["quantization_config"] = quant
-        _write_weights(tensors, tmp)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        provenance = {
-            "created_by": f"mlx_local {__version__}",
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {
-                "type": "gguf",
-                "file": src.name,
-                "size": src.stat().st_size,
-                "sha256": sha256_of(src),
-                "name": g.metadata.get("general.name"),
-                "license": g.metadata.get("general.license"),
-            },
-            "import": {"weights": weights, "importer_version": _IMPORTER_VERSION, "tensors": dict(summary)},
-        }
-        (tmp / "mlx_local.json").write_text(json.dumps(provenance, indent=2))
+    with storage_errors(dest, "write the GGUF import"):
+        with staged_folder(dest) as stage:  # (raises DestinationExists, a FileExistsError, if dest appeared)
+            tmp = stage.folder
+            stop_ids = _tokenizer(g, tmp)
+            tensors, layer_quant, summary = _convert_tensors(g, config, weights, progress)
+            if stop_ids:
+                config["eos_token_id"] = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+            if layer_quant:
+                default = Counter(q["bits"] for q in layer_quant.values()).most_common(1)[0][0]
+                quant: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default, "mode": "affine"}
+                quant.update({p: q for p, q in layer_quant.items() if q["bits"] != default})
+                config["quantization"] = quant
+                config["quantization_config"] = quant
+            _write_weights(tensors, tmp)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            provenance = {
+                "created_by": f"mlx_local {__version__}",
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "source": {
+                    "type": "gguf",
+                    "file": src.name,
+                    "size": src.stat().st_size,
+                    "sha256": sha256_of(src),
+                    "name": g.metadata.get("general.name"),
+                    "license": g.metadata.get("general.license"),
+                },
+                "import": {"weights": weights, "importer_version": _IMPORTER_VERSION, "tensors": dict(summary)},
+            }
+            (tmp / "mlx_local.json").write_text(json.dumps(provenance, indent=2))
     return dest
 
 

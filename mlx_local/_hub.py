@@ -9,12 +9,13 @@ huggingface_hub's progress bars, and resume where an interrupted one stopped
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import GatedModelError, ModelNotFoundError
+from .errors import GatedModelError, HubUnreachableError, ModelNotFoundError, StorageError
 
 __all__ = ["MODEL_FILES", "is_offline", "resolve_repo", "download", "cached_folder", "hub_errors"]
 
@@ -28,6 +29,9 @@ MODEL_FILES = [
     "*.tiktoken",
     "tokenizer*",
 ]
+
+# OSErrors of the local disk (the cache), not of the network.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def is_offline(offline: bool | None) -> bool:
@@ -60,7 +64,14 @@ def _gated_message(repo_id: str) -> tuple[str, str]:
 
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
-    """Turn huggingface_hub's exceptions about ``repo_id`` into ours, with what to do."""
+    """Turn huggingface_hub's exceptions about ``repo_id`` into ours, with what to do.
+
+    A repo or revision that does not exist is a :class:`ModelNotFoundError`
+    (a server would answer 404); a hub out of reach (connection refused, no
+    DNS, timeouts, server errors) is a :class:`HubUnreachableError` (503),
+    which says nothing about whether the repo exists.
+    """
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -94,7 +105,7 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
         ) from e
     except (NotASafetensorsRepoError, EntryNotFoundError) as e:
         if isinstance(e, LocalEntryNotFoundError):
-            raise ModelNotFoundError(
+            raise HubUnreachableError(
                 f"{label} is not in the local Hugging Face cache and the hub could not be reached. "
                 f"{_how_to_get(repo_id)}",
                 source=repo_id,
@@ -105,10 +116,18 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
             source=repo_id,
         ) from e
     except (HTTPError, OSError) as e:
-        raise ModelNotFoundError(
-            f"{label} could not be fetched from the hub ({type(e).__name__}: {e}). {_how_to_get(repo_id)}",
-            source=repo_id,
-        ) from e
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:  # writing the cache, not reaching the hub
+            raise StorageError(
+                f"Could not store {label} in the Hugging Face cache ({e.filename or constants.HF_HUB_CACHE}): "
+                f"{e.strerror}. Free some space or fix the permissions, then try again.",
+                path=str(e.filename or constants.HF_HUB_CACHE),
+            ) from e
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        what = f"{label} could not be fetched from the hub ({type(e).__name__}: {e}). {_how_to_get(repo_id)}"
+        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+            raise ModelNotFoundError(what, source=repo_id) from e  # the hub answered: it refuses this repo
+        # Connection refused, no DNS, timeouts, 5xx, 429: says nothing about the repo.
+        raise HubUnreachableError(what, source=repo_id) from e
 
 
 def cached_folder(repo_id: str, *, revision: str | None = None) -> Path | None:
@@ -146,7 +165,8 @@ def download(repo_id: str, *, revision: str | None = None, progress: bool = True
 
     Raises:
         GatedModelError: the licence must be accepted first.
-        ModelNotFoundError: no such repo or revision, or the hub is out of reach.
+        ModelNotFoundError: no such repo or revision.
+        HubUnreachableError: the hub is out of reach.
     """
     from huggingface_hub import snapshot_download
 
@@ -174,8 +194,9 @@ def resolve_repo(repo_id: str, *, revision: str | None, offline: bool | None, pr
 
     Raises:
         GatedModelError: the repo is gated and its licence not accepted.
-        ModelNotFoundError: not cached and offline, the hub out of reach, or
-            the repo or revision does not exist.
+        ModelNotFoundError: not cached and offline, or the repo or revision
+            does not exist.
+        HubUnreachableError: not cached, and the hub out of reach.
     """
     folder = cached_folder(repo_id, revision=revision)
     if folder is not None:

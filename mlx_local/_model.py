@@ -372,15 +372,22 @@ class Model:
         A GGUF import saved this way loads without importing again, with
         ``Model.load`` and ``mlx_lm.load`` alike. The folder appears only
         when complete.
+
+        Raises:
+            InvalidOptionError: ``dest`` exists (without ``overwrite``) or is
+                inside the model's own folder.
+            StorageError: the folder could not be written (disk full,
+                permissions); ``dest`` is left as it was.
         """
-        from ._fileio import clear_stale, staged_folder
+        from ._fileio import clear_stale, staged_folder, storage_errors
 
         dest = Path(dest).expanduser().resolve()
-        clear_stale(dest)  # (first: a dest moved aside by a killed save is put back)
-        if dest.exists() and not overwrite:
-            raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
-        if dest == self.path or self.path in dest.parents:
-            raise InvalidOptionError(f"{dest} is inside the model's own folder {self.path}.", option="dest")
-        with staged_folder(dest, overwrite=overwrite) as stage:
-            shutil.copytree(self.path, stage.folder, dirs_exist_ok=True)
+        with storage_errors(dest, "save the model"):
+            clear_stale(dest)  # (first: a dest moved aside by a killed save is put back)
+            if dest.exists() and not overwrite:
+                raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
+            if dest == self.path or self.path in dest.parents:
+                raise InvalidOptionError(f"{dest} is inside the model's own folder {self.path}.", option="dest")
+            with staged_folder(dest, overwrite=overwrite) as stage:
+                shutil.copytree(self.path, stage.folder, dirs_exist_ok=True)
         return dest

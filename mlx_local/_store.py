@@ -28,6 +28,7 @@ from ._assets import home
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
+from ._fileio import storage_errors
 from ._sources import locate, models_dir
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]
@@ -206,6 +207,8 @@ def remove(name_or_path: str | os.PathLike[str]) -> Removed:
 
     Raises:
         ModelNotFoundError: nothing on disk by that name or path; nothing deleted.
+        StorageError: a folder could not be removed (permissions, read-only
+            disk); the models removed before it are gone, it and the rest are whole.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise InvalidOptionError("remove() needs a model name, repo id or path.", option="name_or_path")
@@ -224,7 +227,8 @@ def remove(name_or_path: str | os.PathLike[str]) -> Removed:
     for m in found:
         root = m._root or m.path
         aside = root.with_name(f".{root.name}.removing-{os.getpid()}")
-        os.replace(root, aside)
+        with storage_errors(root, f"remove {m.name}"):
+            os.replace(root, aside)
         shutil.rmtree(aside, ignore_errors=True)
         if m.kind == "downloaded":
             shutil.rmtree(root.parent / ".locks" / root.name, ignore_errors=True)

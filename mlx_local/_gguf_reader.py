@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidModelError
+from .errors import InvalidModelError, StorageError
 
 __all__ = ["Gguf", "GgufTensor", "read_gguf"]
 
@@ -269,16 +269,27 @@ def read_gguf(path: Path) -> Gguf:
 
     Raises:
         InvalidModelError: the file is not a GGUF file this reader handles, or is truncated or corrupt.
+        StorageError: the file could not be read (permissions, I/O error).
     """
     try:
         metadata, tensors = _GgufParser(path).parse()
     except _Unsupported as e:
         raise InvalidModelError(str(e), path=str(path)) from None
-    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError, EOFError, struct.error, OverflowError) as e:
-        raise InvalidModelError(
-            f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt: "
-            "download it again and check its size and checksum.",
-            path=str(path),
-        ) from e
+    except _Malformed as e:  # our message says it all: no internal exception chained to what users see
+        raise InvalidModelError(_unreadable(path, e), path=str(path)) from None
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise InvalidModelError(_unreadable(path, e), path=str(path)) from None
+    except OSError as e:  # permissions, I/O errors: the file may be fine
+        raise StorageError(f"Could not read {path}: {e.strerror or e}.", path=str(path)) from e
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError, EOFError, struct.error, OverflowError) as e:
+        # Not foreseen by the parser (a bug, or a file stranger than expected): keep the cause for a report.
+        raise InvalidModelError(_unreadable(path, e), path=str(path)) from e
     return Gguf(path=path, metadata=metadata, tensors=tensors)
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    return (
+        f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt: "
+        "download it again and check its size and checksum."
+    )
 

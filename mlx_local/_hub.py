@@ -62,6 +62,19 @@ def _gated_message(repo_id: str) -> tuple[str, str]:
     )
 
 
+def _root_cause(e: BaseException) -> str:
+    """``"Type: message"`` of the innermost exception that led to ``e`` (what went wrong on the wire)."""
+    seen = {id(e)}
+    while True:
+        inner = e.__cause__ or e.__context__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        e = inner
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     """Turn huggingface_hub's exceptions about ``repo_id`` into ours, with what to do.
@@ -70,6 +83,15 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     (a server would answer 404); a hub out of reach (connection refused, no
     DNS, timeouts, server errors) is a :class:`HubUnreachableError` (503),
     which says nothing about whether the repo exists.
+
+    Ours are raised ``from None``: the message says what happened and what to
+    do (for an unreachable hub, with the root cause, e.g. "ConnectError:
+    [Errno 111] Connection refused"), and a script's traceback stays a dozen
+    lines instead of a hundred of httpcore, httpx and huggingface_hub. The
+    original exception, with its whole chain and traceback, is still there
+    for a bug report as ``error.__context__`` (only its printing is
+    suppressed). A disk error while downloading keeps its ``OSError`` as
+    ``__cause__``.
     """
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -86,35 +108,35 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     label = repo_id + (f"@{revision}" if revision else "")
     try:
         yield
-    except GatedRepoError as e:
+    except GatedRepoError:
         message, url = _gated_message(repo_id)
-        raise GatedModelError(message, source=repo_id, url=url) from e
-    except RepositoryNotFoundError as e:
+        raise GatedModelError(message, source=repo_id, url=url) from None
+    except RepositoryNotFoundError:
         raise ModelNotFoundError(
             f"There is no Hugging Face repo {repo_id!r} (or it is private: log in with `hf auth login`). "
             "Check the spelling.",
             source=repo_id,
-        ) from e
-    except RevisionNotFoundError as e:
+        ) from None
+    except RevisionNotFoundError:
         raise ModelNotFoundError(
             f"{repo_id} has no revision {revision!r}. Check the branch, tag or commit.", source=repo_id
-        ) from e
+        ) from None
     except HFValidationError as e:
         raise ModelNotFoundError(
             f"{repo_id!r} is neither an existing path nor a valid Hugging Face repo id ({e}).", source=repo_id
-        ) from e
+        ) from None
     except (NotASafetensorsRepoError, EntryNotFoundError) as e:
         if isinstance(e, LocalEntryNotFoundError):
             raise HubUnreachableError(
-                f"{label} is not in the local Hugging Face cache and the hub could not be reached. "
-                f"{_how_to_get(repo_id)}",
+                f"{label} is not in the local Hugging Face cache and the hub could not be reached "
+                f"({_root_cause(e)}). {_how_to_get(repo_id)}",
                 source=repo_id,
-            ) from e
+            ) from None
         raise ModelNotFoundError(
             f"{label} has no safetensors weights or config.json, so it is not a model mlx_local can load "
             "(for a repo of .gguf files, download the file and pass its path).",
             source=repo_id,
-        ) from e
+        ) from None
     except (HTTPError, OSError) as e:
         if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:  # writing the cache, not reaching the hub
             raise StorageError(
@@ -123,11 +145,11 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
                 path=str(e.filename or constants.HF_HUB_CACHE),
             ) from e
         status = getattr(getattr(e, "response", None), "status_code", None)
-        what = f"{label} could not be fetched from the hub ({type(e).__name__}: {e}). {_how_to_get(repo_id)}"
+        what = f"{label} could not be fetched from the hub ({_root_cause(e)}). {_how_to_get(repo_id)}"
         if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
             raise ModelNotFoundError(what, source=repo_id) from e  # the hub answered: it refuses this repo
         # Connection refused, no DNS, timeouts, 5xx, 429: says nothing about the repo.
-        raise HubUnreachableError(what, source=repo_id) from e
+        raise HubUnreachableError(what, source=repo_id) from None
 
 
 def cached_folder(repo_id: str, *, revision: str | None = None) -> Path | None:

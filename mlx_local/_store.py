@@ -23,17 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _catalog as catalog, _hub as hub
-from ._assets import home
+from . import _assets as assets, _catalog as catalog, _hub as hub
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
 from ._fileio import storage_errors
-from ._sources import locate, models_dir
+from ._sources import DEFAULT_ASSET, DEFAULT_ENTRY, DEFAULT_NAME, default_imports, imports_dir, locate, models_dir
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]
 
-KINDS = ("downloaded", "converted", "imported")
+#: What a :class:`LocalModel` can be. ``"embedded"`` (the default model's GGUF,
+#: shipped by a package asset) appears only in a catalog row's ``local``
+#: (:func:`models`): it is managed with ``python -m mlx_local assets``, not
+#: listed by :func:`local_models` nor deleted by :func:`remove`.
+KINDS = ("downloaded", "converted", "imported", "embedded")
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class LocalModel:
     Attributes:
         name: the catalog name if it is a catalog model, else the repo id or folder name.
         kind: ``"downloaded"`` (Hugging Face cache), ``"converted"`` (models
-            folder) or ``"imported"`` (GGUF import cache).
+            folder), ``"imported"`` (GGUF import cache) or, in a catalog
+            row only, ``"embedded"`` (the default model's GGUF file).
         path: the model folder (for a download: its newest snapshot).
         size: bytes on disk (for a download: every revision kept).
         repo_id: the Hugging Face repo, for downloads.
@@ -141,16 +145,36 @@ def _folders(root: Path, kind: str) -> list[LocalModel]:
     if not root.is_dir():
         return []
     found = []
+    embedded = default_imports() if kind == "imported" else set()
     for folder in sorted(root.iterdir()):
         if folder.name.startswith(".") or not folder.is_dir() or not (folder / "config.json").is_file():
             continue
-        found.append(LocalModel(folder.name, kind, folder, _folder_size(folder), complete=_complete(folder), _root=folder))
+        entry = catalog.find(DEFAULT_ENTRY) if folder.name in embedded else None  # an import of the default
+        found.append(
+            LocalModel(folder.name, kind, folder, _folder_size(folder), complete=_complete(folder), entry=entry,
+                       _root=folder)
+        )
     return found
 
 
 def local_models() -> list[LocalModel]:
-    """Every model on disk: downloaded, converted, and imported from GGUF, with sizes."""
-    return _downloads() + _folders(models_dir(), "converted") + _folders(home() / "imports", "imported")
+    """Every model on disk: downloaded, converted, and imported from GGUF, with sizes.
+
+    Each is listed by a name ``Model.load`` and :func:`remove` take. Imports
+    of the embedded default model carry its catalog entry (``smollm2-135m``).
+    """
+    return _downloads() + _folders(models_dir(), "converted") + _folders(imports_dir(), "imported")
+
+
+def _embedded(entry: CatalogEntry) -> list[LocalModel]:
+    """The embedded default's GGUF file, if ``entry`` is its catalog entry and the file is there (no fetching)."""
+    if entry.name != DEFAULT_ENTRY:
+        return []
+    try:
+        gguf = assets.path(DEFAULT_ASSET)
+    except ModelNotFoundError:
+        return []
+    return [LocalModel(DEFAULT_NAME, "embedded", gguf, gguf.stat().st_size, entry=entry)]
 
 
 def pull(
@@ -245,7 +269,8 @@ class CatalogModel:
 
     Attributes:
         entry: the catalog facts (lab, licence, repos, ...).
-        local: its copies on disk (4-bit and/or original).
+        local: its copies on disk (4-bit and/or original; imports of it; for
+            ``smollm2-135m``, the embedded GGUF file when it is there).
         memory: the estimate for the variant ``models()`` was asked about.
         fits: whether that estimate fits this machine's usable memory.
     """
@@ -315,7 +340,7 @@ def models(
                 continue
         if thinking is not None and e.thinks != thinking:
             continue
-        local = tuple(m for m in on_disk if m.entry is e)
+        local = tuple(m for m in on_disk if m.entry is e) + tuple(_embedded(e))
         est = estimate_for_entry(e, quantized=quantized, context=context)
         row = CatalogModel(e, local, est, est.total <= device.usable_memory)
         if fits is not None and row.fits != fits:

@@ -22,106 +22,36 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ._version import __version__
 from .errors import InvalidOptionError
-from ._fileio import DestinationExists, Stage, clear_stale, pid_alive, sha256_of, staged_folder, storage_errors
+from ._fileio import DestinationExists, Stage, clear_stale, staged_folder, storage_errors
 from ._quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Reference, check_runs, text_digest
 from ._quantize import build, candidate, dequantize
 from ._recipes import DEFAULT_MAX_KL, EARLY_REJECT, check_options, plans as make_plans
 from ._report import Candidate, ConversionReport
+from ._conversion_source import (
+    Source,
+    check_model,
+    clean_stale_scratch,
+    default_name,
+    describe,
+    fingerprint,
+    is_quantized,
+    read_json,
+    resolve,
+    source_dtype,
+)
 
 # (Candidate and ConversionReport are re-exported: the package imports them from here.)
 __all__ = ["Candidate", "ConversionReport", "convert"]
 
 Progress = Callable[[str, float], None]
-
-
-# ------------------------------------------------------------------ source
-
-
-@dataclass
-class _Source:
-    given: str
-    kind: str  # gguf | repo | folder
-    folder: Path  # the model folder (a GGUF's float import)
-    original: Path | None  # the GGUF file or the given folder
-
-
-def _default_name(source: Any, bits: int | None, group_size: int, recipe: str | None) -> str:
-    """``qwen3-0.6b-4bit-g64``, ``smollm2-135m-auto``, ... for a conversion into the models folder."""
-    if source is None:
-        stem = "smollm2-135m"
-    else:
-        stem = Path(str(source)).name
-        stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
-    settings = recipe or (f"{bits}bit-g{group_size}" if bits else "float")
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{stem}-{settings}").lower()
-
-
-def _resolve(source: Any, revision: str | None, offline: bool | None) -> _Source:
-    from ._sources import local_folder, locate
-
-    located = locate(source, offline=offline)
-    folder = local_folder(located, revision=revision, offline=offline, gguf_weights="float")
-    given = located.name if source is None else str(source)
-    if located.kind in ("default", "gguf"):
-        return _Source(given, "gguf", folder, None if source is None else located.path)
-    if located.kind == "folder":
-        return _Source(given, "folder", folder, folder)
-    return _Source(located.repo or given, "repo", folder, None)
-
-
-def _describe(src: _Source, revision: str | None) -> tuple[dict[str, Any], int]:
-    """The provenance record of the source, and its size in bytes."""
-    if src.kind == "gguf":
-        record = _read_json(src.folder / "mlx_local.json").get("source", {})
-        size = int(record.get("size") or (src.original.stat().st_size if src.original else 0))
-        return {"type": "gguf", **record}, size
-    if src.kind == "folder":
-        files = sorted(src.folder.glob("model*.safetensors"))
-        prov: dict[str, Any] = {"type": "folder", "path": str(src.folder), "files": {f.name: sha256_of(f) for f in files}}
-        upstream = _read_json(src.folder / "mlx_local.json")
-        if upstream:
-            prov["upstream"] = upstream.get("source", upstream)
-        return prov, _folder_bytes(src.folder)
-    prov = {"type": "repo", "repo_id": src.given, "revision": revision}
-    if src.folder.parent.name == "snapshots":
-        prov["commit"] = src.folder.name
-    return prov, _folder_bytes(src.folder)
-
-
-def _folder_bytes(folder: Path) -> int:
-    from ._loading import check_safetensors
-
-    return sum(check_safetensors(f) for f in sorted(folder.glob("model*.safetensors")))
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _check_model(folder: Path) -> dict[str, Any]:
-    from ._loading import check_weights, _model_classes, read_config
-
-    config = read_config(folder)
-    _model_classes(config, folder)
-    check_weights(folder)
-    return config
-
-
-def _is_quantized(config: dict[str, Any]) -> bool:
-    return bool(config.get("quantization") or config.get("quantization_config"))
 
 
 # ---------------------------------------------------------------- writing
@@ -146,7 +76,7 @@ def _check_dest(dest: Path, overwrite: bool) -> None:
         )
 
 
-def _check_apart(dest: Path, src: _Source) -> None:
+def _check_apart(dest: Path, src: Source) -> None:
     for s in {src.folder.resolve(), *([src.original] if src.original else [])}:
         if dest == s or s in dest.parents:
             raise InvalidOptionError(
@@ -256,7 +186,7 @@ def convert(
     if dest is None:
         from ._sources import models_dir
 
-        dest = models_dir() / _default_name(source, bits, group_size, recipe)
+        dest = models_dir() / default_name(source, bits, group_size, recipe)
     if not isinstance(dest, (str, os.PathLike)) or not str(dest).strip():
         raise InvalidOptionError("dest must be the path of the folder to write.", option="dest")
     dest = Path(dest).expanduser().absolute()
@@ -266,24 +196,24 @@ def convert(
         _check_dest(dest, overwrite)
 
         report_progress("source", 0.0)
-        src = _resolve(source, revision, offline)
+        src = resolve(source, revision, offline)
         _check_apart(dest, src)
-        config = _check_model(src.folder)
-        provenance, source_bytes = _describe(src, revision)
-        dtype = dtype or _source_dtype(config)
+        config = check_model(src.folder)
+        provenance, source_bytes = describe(src, revision)
+        dtype = dtype or source_dtype(config)
 
         reference: Reference | None = None
         with staged_folder(dest, overwrite=overwrite, commit=False) as stage:
             work = stage.work
             float_folder = src.folder
-            if _is_quantized(config):
+            if is_quantized(config):
                 float_folder = work / "float"
                 dequantize(src.folder, float_folder)
                 ref_note = f"the source dequantized by mlx-lm ({_quant_note(config)})"
             elif src.kind == "gguf":
                 ref_note = "the GGUF dequantized to float32 (exact)"
             else:
-                ref_note = f"the source as stored ({_source_dtype(config)}, not quantized)"
+                ref_note = f"the source as stored ({source_dtype(config)}, not quantized)"
             report_progress("source", 1.0)
 
             plans = make_plans(bits, group_size, recipe, dtype)
@@ -364,18 +294,18 @@ def convert(
 _references: dict[tuple[Any, ...], Reference] = {}
 
 
-def _reference(src: _Source, float_folder: Path, tokens: int, progress: Progress) -> Reference:
+def _reference(src: Source, float_folder: Path, tokens: int, progress: Progress) -> Reference:
     from . import _runtime as runtime
     from ._assets import home
 
     folder = src.folder
     key = (
         str(folder.resolve()),
-        _fingerprint(folder),
+        fingerprint(folder),
         tokens,
         DEFAULT_WINDOW,
         text_digest(),
-        runtime.current().compute_dtype(_source_dtype(_read_json(folder / "config.json"))),
+        runtime.current().compute_dtype(source_dtype(read_json(folder / "config.json"))),
     )
     cached = _references.get(key)
     if cached is not None and not cached.closed:
@@ -385,38 +315,16 @@ def _reference(src: _Source, float_folder: Path, tokens: int, progress: Progress
         old.close()
     _references.clear()
     scratch = home() / "tmp"
-    _clean_stale_references(scratch)
+    clean_stale_scratch(scratch)
     reference = Reference.compute(float_folder, tokens=tokens, window=DEFAULT_WINDOW, workdir=scratch, progress=progress)
     _references[key] = reference
     return reference
 
 
-def _fingerprint(folder: Path) -> tuple[Any, ...]:
-    """Names, sizes and modification times of a folder's files (what identifies its contents, cheaply)."""
-    return tuple(
-        (p.name, st.st_size, st.st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file() and (st := p.stat())
-    )
-
-
-def _clean_stale_references(scratch: Path) -> None:
-    if not scratch.is_dir():
-        return
-    for p in scratch.glob("mlx_local-reference-*-*"):
-        pid = p.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _source_dtype(config: dict[str, Any]) -> str:
-    from ._loading import model_dtype
-
-    return model_dtype(config)
-
-
 def _compute_dtype(config: dict[str, Any]) -> str:
     from . import _runtime as runtime
 
-    return runtime.current().compute_dtype(_source_dtype(config))
+    return runtime.current().compute_dtype(source_dtype(config))
 
 
 def _quant_note(config: dict[str, Any]) -> str:

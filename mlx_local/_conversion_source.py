@@ -67,8 +67,11 @@ def resolve(source: Any, revision: str | None, offline: bool | None) -> Source:
     located = locate(source, offline=offline)
     given = located.name if source is None else str(source)
     if located.kind in ("default", "gguf"):
-        assert located.path is not None
-        return Source(given, "gguf", _float_import(located.path), None if source is None else located.path)
+        from ._sources import embedded_gguf
+
+        gguf = embedded_gguf(offline) if located.kind == "default" else located.path
+        assert gguf is not None
+        return Source(given, "gguf", _float_import(gguf), None if source is None else gguf)
     folder = local_folder(located, revision=revision, offline=offline, gguf_weights="float")
     if located.kind == "folder":
         return Source(given, "folder", folder, folder)

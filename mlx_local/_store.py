@@ -28,7 +28,7 @@ from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
 from ._fileio import storage_errors
-from ._sources import DEFAULT_ASSET, DEFAULT_ENTRY, DEFAULT_NAME, default_imports, imports_dir, locate, models_dir
+from ._sources import DEFAULT_ASSET, DEFAULT_ENTRY, DEFAULT_MODEL, default_imports, imports_dir, locate, models_dir
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]
 
@@ -174,7 +174,7 @@ def _embedded(entry: CatalogEntry) -> list[LocalModel]:
         gguf = assets.path(DEFAULT_ASSET)
     except ModelNotFoundError:
         return []
-    return [LocalModel(DEFAULT_NAME, "embedded", gguf, gguf.stat().st_size, entry=entry)]
+    return [LocalModel(DEFAULT_MODEL, "embedded", gguf, gguf.stat().st_size, entry=entry)]
 
 
 def pull(
@@ -268,7 +268,7 @@ class CatalogModel:
     """A catalog entry with what this machine has of it and whether it fits.
 
     Attributes:
-        entry: the catalog facts (lab, licence, repos, ...).
+        entry: the catalog facts (lab, license, repos, ...).
         local: its copies on disk (4-bit and/or original; imports of it; for
             ``smollm2-135m``, the embedded GGUF file when it is there).
         memory: the estimate for the variant ``models()`` was asked about.
@@ -297,7 +297,7 @@ class CatalogModel:
         return {
             "name": e.name, "display_name": e.display_name, "lab": e.lab, "family": e.family,
             "parameters": e.parameters, "context_length": e.context_length, "thinking": e.thinking,
-            "licence": e.licence.id, "commercial": e.licence.commercial, "conditions": e.licence.conditions,
+            "license": e.license.id, "commercial": e.license.commercial, "conditions": e.license.conditions,
             "gated": e.gated, "repo": e.repo, "mlx_4bit_repo": e.mlx_4bit_repo, "size_4bit": e.size_4bit,
             "downloaded": self.downloaded, "paths": [str(m.path) for m in self.local],
             "size_on_disk": self.size_on_disk, "memory": self.memory.total, "fits": self.fits,
@@ -307,36 +307,45 @@ class CatalogModel:
 def models(
     *,
     lab: str | None = None,
-    licence: str | None = None,
+    license: str | None = None,
     thinking: bool | None = None,
     fits: bool | None = None,
     downloaded: bool | None = None,
     quantized: bool = True,
     context: int = DEFAULT_CONTEXT,
     device: DeviceInfo | None = None,
+    licence: str | None = None,
 ) -> list[CatalogModel]:
     """The catalog joined with what is on disk and what fits this machine.
 
     Filters (None: no filter): ``lab`` (part of the lab's name, any case),
-    ``licence`` (licence id such as ``"apache-2.0"``, or ``"commercial"`` for
-    licences allowing commercial use without conditions), ``thinking``,
+    ``license`` (license id such as ``"apache-2.0"``, or ``"commercial"`` for
+    licenses allowing commercial use without conditions; ``licence=`` is
+    accepted as an alias), ``thinking``,
     ``fits`` and ``downloaded``. Memory is estimated for the MLX 4-bit
     variant (``quantized=False``: the original) at ``context`` tokens,
     offline, from the downloaded files when there are some.
     """
     from ._memory import estimate_for_entry
 
+    if licence is not None:
+        if license is not None and license != licence:
+            raise InvalidOptionError(
+                f"license={license!r} and licence={licence!r} disagree; give one (licence is an alias).",
+                option="license",
+            )
+        license = licence
     device = device or device_info()
     on_disk = local_models()
     rows = []
     for e in catalog.entries():
         if lab is not None and lab.lower() not in e.lab.lower():
             continue
-        if licence is not None:
-            want = licence.lower()
-            if want == "commercial" and e.licence.commercial != "yes":
+        if license is not None:
+            want = license.lower()
+            if want == "commercial" and e.license.commercial != "yes":
                 continue
-            if want != "commercial" and want not in (e.licence.id.lower(), e.licence.name.lower()):
+            if want != "commercial" and want not in (e.license.id.lower(), e.license.name.lower()):
                 continue
         if thinking is not None and e.thinks != thinking:
             continue

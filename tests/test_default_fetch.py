@@ -26,9 +26,10 @@ def bare_home(tmp_path, monkeypatch, hf_cache):
     [
         lambda: mlx_local.Model.load(offline=True),
         lambda: mlx_local.Model.load("SmolLM2-135M-Instruct", offline=True),
+        lambda: mlx_local.Model.load(mlx_local.DEFAULT_MODEL, offline=True),
         lambda: mlx_local.convert(None, "out", offline=True, quality=False),
     ],
-    ids=["load", "by-name", "convert"],
+    ids=["load", "by-name", "DEFAULT_MODEL", "convert"],
 )
 def test_offline_says_so_and_fetches_nothing(bare_home, no_network, load, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -58,3 +58,29 @@ def test_the_embedded_copy_is_not_listed_as_a_removable_model(models_home, hf_ca
     with pytest.raises(mlx_local.ModelNotFoundError, match="nothing was deleted"):
         mlx_local.remove("SmolLM2-135M-Instruct")
     assert assets.path("smollm2").is_file()
+
+
+def test_default_model_is_a_name_that_loads_the_default(default, no_network):
+    assert mlx_local.DEFAULT_MODEL == default.name == "SmolLM2-135M-Instruct"
+    model = mlx_local.Model.load(mlx_local.DEFAULT_MODEL, offline=True)
+    assert model.path == default.path
+    assert mlx_local.estimate_memory(mlx_local.DEFAULT_MODEL, offline=True).total > 0
+    assert no_network == []
+
+
+def test_license_is_spelled_as_the_ecosystem_spells_it_and_licence_still_works(models_home, hf_cache):
+    from mlx_local._catalog import Licence, License, lookup
+
+    entry = lookup("qwen3-0.6b")
+    assert isinstance(entry.license, License) and License is Licence
+    assert entry.licence is entry.license and entry.license.id == "apache-2.0"
+    with pytest.raises(AttributeError):
+        entry.licence = entry.license  # a read-only alias
+    by_new = [r.name for r in mlx_local.models(license="apache-2.0")]
+    assert by_new and by_new == [r.name for r in mlx_local.models(licence="apache-2.0")]
+    assert all(r.entry.license.id == "apache-2.0" for r in mlx_local.models(license="Apache-2.0"))
+    row = mlx_local.models(license="apache-2.0")[0].as_dict()
+    assert row["license"] == "apache-2.0" and "licence" not in row
+    with pytest.raises(mlx_local.InvalidOptionError, match="disagree") as e:
+        mlx_local.models(license="mit", licence="apache-2.0")
+    assert e.value.option == "license"

@@ -150,10 +150,12 @@ def source_dtype(config: dict[str, Any]) -> str:
 
 # The float import of the latest GGUF converted from: {(path, size, mtime): folder}, at most one.
 _float_imports: dict[tuple[str, int, int], Path] = {}
+_cleanup_registered = False
 
 
 def _float_import(gguf: Path) -> Path:
     """A float32 import of ``gguf`` to convert from (see the module docstring)."""
+    global _cleanup_registered
     from ._assets import home
     from ._gguf_import import cached_import_folder, import_gguf
 
@@ -170,9 +172,9 @@ def _float_import(gguf: Path) -> Path:
     clean_stale_scratch(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"mlx_local-float-{os.getpid()}-", dir=scratch))
-    if not _float_imports and not getattr(_drop_float_imports, "registered", False):
+    if not _cleanup_registered:
         atexit.register(_drop_float_imports)
-        _drop_float_imports.registered = True  # type: ignore[attr-defined]
+        _cleanup_registered = True
     _float_imports[key] = work / "model"
     import_gguf(gguf, work / "model", weights="float")
     return work / "model"

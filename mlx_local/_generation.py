@@ -7,7 +7,6 @@ produces the tokens) and the per-sequence decoding :mod:`mlx_local._decoder`.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterable, Literal
 

@@ -32,14 +32,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import re
-import shutil
-import struct
-import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,9 +42,10 @@ import numpy as np
 
 from ._version import __version__
 from ._assets import home
-from .errors import InvalidModelError, InvalidOptionError, UnsupportedArchitectureError
-from ._fileio import sha256_of
+from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError, UnsupportedArchitectureError
+from ._fileio import sha256_of, staged_folder, storage_errors
 from ._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
+from ._gguf_reader import Gguf, read_gguf
 
 __all__ = ["WEIGHT_MODES", "import_gguf", "cached_import_folder", "planned_weights"]
 
@@ -93,267 +89,8 @@ _TOP_NAMES = {
 _DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "command-r"}
 
 
-@dataclass
-class _Gguf:
-    """The parts of a GGUF file the importer needs."""
 
-    path: Path
-    metadata: dict[str, Any]
-    tensors: list[_Tensor]
-
-    @property
-    def architecture(self) -> str:
-        return str(self.metadata.get("general.architecture", ""))
-
-    def arch_key(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(f"{self.architecture}.{key}", default)
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    """One tensor of a GGUF file, with the attributes of ``gguf.ReaderTensor``
-    the importer uses, and the same values ``GGUFReader`` gives."""
-
-    name: str
-    tensor_type: Any  # gguf.GGMLQuantizationType
-    shape: np.ndarray  # uint64, GGUF order (innermost dimension first)
-    n_elements: int
-    n_bytes: int
-    data_offset: int  # from the start of the file
-    # Read-only view of the file: F32/F16/F64/I* as their dtype in numpy
-    # order, every other type as uint8 (rows, bytes per row).
-    data: np.ndarray
-
-
-class _Malformed(ValueError):
-    """What is wrong with a GGUF file, and where."""
-
-
-class _Unsupported(Exception):
-    """A well-formed GGUF file this reader does not handle (its message says so in full)."""
-
-
-_GGUF_VERSIONS = (2, 3)
-_GGUF_DEFAULT_ALIGNMENT = 32
-_GGUF_STRING, _GGUF_ARRAY, _GGUF_UINT32, _GGUF_BOOL = 8, 9, 4, 7
-#: GGUF scalar value types: struct format of one value, numpy dtype of an array.
-_GGUF_SCALARS = {
-    0: ("<B", "<u1"), 1: ("<b", "<i1"), 2: ("<H", "<u2"), 3: ("<h", "<i2"),
-    4: ("<I", "<u4"), 5: ("<i", "<i4"), 6: ("<f", "<f4"), 7: ("<?", "<u1"),
-    10: ("<Q", "<u8"), 11: ("<q", "<i8"), 12: ("<d", "<f8"),
-}  # fmt: skip
-#: Fewest bytes one array element of each type takes (string: its length; array: type and length).
-_GGUF_MIN_SIZE = {t: struct.calcsize(f) for t, (f, _) in _GGUF_SCALARS.items()} | {_GGUF_STRING: 8, _GGUF_ARRAY: 12}
-#: Arrays in arrays deeper than this are refused (real files nest at most once).
-_GGUF_MAX_NESTING = 8
-#: GGML types GGUFReader gives as typed arrays (F32, F16, F64, I8..I64); the rest are uint8 blocks.
-_GGUF_NUMPY_TYPES = {0: "<f4", 1: "<f2", 28: "<f8", 24: "<i1", 25: "<i2", 26: "<i4", 27: "<i8"}
-_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
-_ARRAY_HEADER = struct.Struct("<IQ")  # element type, length
-_TENSOR_TAIL = struct.Struct("<IQ")  # ggml type, offset in the data section
-
-
-class _GgufParser:
-    """GGUF versions 2 and 3, little-endian, parsed from a read-only memory map.
-
-    Metadata values are what ``gguf.GGUFReader(...).fields[key].contents()``
-    gives (arrays of arrays flattened, as there), but arrays are read whole:
-    numbers with numpy, strings in one tight loop, instead of one numpy view
-    per element. Every count and length is checked against the file's size
-    before it is used, so a corrupt file fails with a ``_Malformed`` that says
-    where, never an IndexError or a huge allocation.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        # (numpy cannot map an empty file; parse() rejects it as too short)
-        self.map = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.empty(0, np.uint8)
-        self.buf = memoryview(self.map)
-        self.size = len(self.buf)
-
-    def need(self, off: int, n: int, what: str) -> None:
-        if off + n > self.size:
-            raise _Malformed(
-                f"{what} runs past the end of the file (needs {n} bytes at offset {off}, file is {self.size} bytes)"
-            )
-
-    def string(self, off: int, what: str) -> tuple[str, int]:
-        self.need(off, 8, what)
-        (n,) = _U64.unpack_from(self.buf, off)
-        self.need(off + 8, n, what)
-        try:
-            return str(self.buf[off + 8 : off + 8 + n], "utf-8"), off + 8 + n
-        except UnicodeDecodeError as e:
-            raise _Malformed(f"{what} at offset {off} is not valid UTF-8 ({e.reason})") from None
-
-    def value(self, off: int, vtype: int, what: str) -> tuple[Any, int]:
-        if vtype in _GGUF_SCALARS:
-            n = _GGUF_MIN_SIZE[vtype]
-            self.need(off, n, what)
-            return struct.unpack_from(_GGUF_SCALARS[vtype][0], self.buf, off)[0], off + n
-        if vtype == _GGUF_STRING:
-            return self.string(off, what)
-        if vtype == _GGUF_ARRAY:
-            out: list[Any] = []
-            return out, self.array(off, what, out, 1)
-        raise _Malformed(f"{what} has an unknown value type {vtype}")
-
-    def array(self, off: int, what: str, out: list[Any], depth: int) -> int:
-        """Append the elements of the array at ``off`` to ``out``; return the offset after it."""
-        if depth > _GGUF_MAX_NESTING:
-            raise _Malformed(f"{what} nests arrays more than {_GGUF_MAX_NESTING} deep")
-        self.need(off, 12, what)
-        itype, n = _ARRAY_HEADER.unpack_from(self.buf, off)
-        off += 12
-        if itype not in _GGUF_MIN_SIZE:
-            raise _Malformed(f"{what} is an array of an unknown value type {itype}")
-        if n * _GGUF_MIN_SIZE[itype] > self.size - off:
-            raise _Malformed(f"{what} claims {n} elements, more than the rest of the file holds")
-        if itype in _GGUF_SCALARS:
-            dtype = np.dtype(_GGUF_SCALARS[itype][1])
-            end = off + n * dtype.itemsize
-            values = np.frombuffer(self.buf[off:end], dtype)
-            out.extend((values != 0 if itype == _GGUF_BOOL else values).tolist())
-            return end
-        if itype == _GGUF_STRING:
-            return self.strings(off, n, what, out)
-        for _ in range(n):
-            off = self.array(off, what, out, depth + 1)
-        return off
-
-    def strings(self, off: int, n: int, what: str, out: list[Any]) -> int:
-        # The hot loop of a vocabulary (150k-260k tokens): keep it lean.
-        buf, size, unpack, append = self.buf, self.size, _U64.unpack_from, out.append
-        i = 0
-        try:
-            for i in range(n):
-                (length,) = unpack(buf, off)
-                end = off + 8 + length
-                if end > size:
-                    break
-                append(str(buf[off + 8 : end], "utf-8"))
-                off = end
-            else:
-                return off
-        except struct.error:
-            pass
-        except UnicodeDecodeError as e:
-            raise _Malformed(f"{what}[{i}] at offset {off} is not valid UTF-8 ({e.reason})") from None
-        raise _Malformed(f"{what}[{i}] runs past the end of the file (offset {off}, file is {size} bytes)")
-
-    def parse(self) -> tuple[dict[str, Any], list[_Tensor]]:
-        import gguf
-
-        buf, size = self.buf, self.size
-        if bytes(buf[:4]) != b"GGUF":
-            raise _Malformed("it does not start with the GGUF magic number")
-        if size < 24:
-            raise _Malformed(f"it is {size} bytes long, too short for a GGUF header")
-        (version,) = _U32.unpack_from(buf, 4)
-        if version not in _GGUF_VERSIONS:
-            swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
-            if swapped in _GGUF_VERSIONS:
-                raise _Unsupported(
-                    f"{self.path} is a big-endian GGUF file, which is not supported: "
-                    "use the model's usual (little-endian) GGUF file."
-                )
-            if version == 1:
-                raise _Unsupported(
-                    f"{self.path} is a GGUF version 1 file, which is not supported: "
-                    "use a file made by a current llama.cpp (GGUF version 2 or 3)."
-                )
-            raise _Malformed(f"unknown GGUF version {version}")
-        n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
-        off = 24
-        # Each metadata entry takes at least 13 bytes, each tensor info 24.
-        if n_kv * 13 + n_tensors * 24 > size - off:
-            raise _Malformed(
-                f"its header claims {n_kv} metadata entries and {n_tensors} tensors, more than the file holds"
-            )
-
-        metadata: dict[str, Any] = {}
-        seen = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}  # GGUFReader's own field names
-        alignment = _GGUF_DEFAULT_ALIGNMENT
-        for i in range(n_kv):
-            key, off = self.string(off, f"metadata key #{i}")
-            self.need(off, 4, f"metadata {key!r}")
-            (vtype,) = _U32.unpack_from(buf, off)
-            value, off = self.value(off + 4, vtype, f"metadata {key!r}")
-            if key in seen:
-                raise _Malformed(f"metadata key {key!r} appears twice")
-            seen.add(key)
-            if key == "general.alignment":
-                if vtype != _GGUF_UINT32 or value <= 0 or value & (value - 1):
-                    raise _Malformed(f"general.alignment must be a power of two stored as uint32, not {value!r}")
-                alignment = value
-            if not key.startswith("GGUF."):
-                metadata[key] = value
-
-        infos = []
-        for i in range(n_tensors):
-            name, off = self.string(off, f"tensor info #{i}")
-            self.need(off, 4, f"tensor info {name!r}")
-            (n_dims,) = _U32.unpack_from(buf, off)
-            self.need(off + 4, 8 * n_dims + 12, f"tensor info {name!r}")
-            dims = struct.unpack_from(f"<{n_dims}Q", buf, off + 4)
-            raw_type, rel_offset = _TENSOR_TAIL.unpack_from(buf, off + 4 + 8 * n_dims)
-            off += 4 + 8 * n_dims + 12
-            infos.append((name, dims, raw_type, rel_offset))
-        data_start = off + -off % alignment
-
-        tensors: list[_Tensor] = []
-        names: set[str] = set()
-        for name, dims, raw_type, rel_offset in infos:
-            if name in names:
-                raise _Malformed(f"tensor {name!r} appears twice")
-            names.add(name)
-            try:
-                qtype = gguf.GGMLQuantizationType(raw_type)
-                block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            except (ValueError, KeyError):
-                raise _Malformed(f"tensor {name!r} has an unknown type {raw_type}") from None
-            n_elements = math.prod(dims)
-            n_bytes = n_elements * type_size // block_size
-            data_offset = data_start + rel_offset
-            if data_offset + n_bytes > size:
-                raise _Malformed(
-                    f"tensor {name!r} runs past the end of the file (its data ends at byte {data_offset + n_bytes}, "
-                    f"the file has {size})"
-                )
-            np_shape = tuple(reversed(dims))
-            dtype = _GGUF_NUMPY_TYPES.get(int(qtype))
-            if dtype is None:  # a block format: rows of raw bytes, as GGUFReader gives them
-                if not np_shape or np_shape[-1] % block_size:
-                    raise _Malformed(
-                        f"tensor {name!r} of shape {list(dims)} is not made of whole {qtype.name} blocks"
-                    )
-                np_shape, dtype = (*np_shape[:-1], np_shape[-1] // block_size * type_size), np.uint8
-            data = self.map[data_offset : data_offset + n_bytes].view(dtype).reshape(np_shape)
-            shape = np.array(dims, dtype=np.uint64)
-            tensors.append(_Tensor(name, qtype, shape, n_elements, n_bytes, data_offset, data))
-        return metadata, tensors
-
-
-def _read(path: Path) -> _Gguf:
-    """The metadata and tensors of a GGUF file, as ``gguf.GGUFReader`` gives them (see ``_GgufParser``).
-
-    Raises:
-        InvalidModelError: the file is not a GGUF file this reader handles, or is truncated or corrupt.
-    """
-    try:
-        metadata, tensors = _GgufParser(path).parse()
-    except _Unsupported as e:
-        raise InvalidModelError(str(e), path=str(path)) from None
-    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError, EOFError, struct.error, OverflowError) as e:
-        raise InvalidModelError(
-            f"{path} is not a readable GGUF file ({e}). It may be truncated or corrupt: "
-            "download it again and check its size and checksum.",
-            path=str(path),
-        ) from e
-    return _Gguf(path=path, metadata=metadata, tensors=tensors)
-
-
-def _config(g: _Gguf) -> dict[str, Any]:
+def _config(g: Gguf) -> dict[str, Any]:
     arch = g.architecture
     model_type = _ARCHITECTURES[arch][0]
     names = {t.name for t in g.tensors}
@@ -403,7 +140,7 @@ def _config(g: _Gguf) -> dict[str, Any]:
     return config
 
 
-def _checked_config(g: _Gguf, src: Path) -> dict[str, Any]:
+def _checked_config(g: Gguf, src: Path) -> dict[str, Any]:
     """The config.json of a GGUF file's model, or a clear error."""
     arch = g.architecture
     if arch not in _ARCHITECTURES:
@@ -504,9 +241,12 @@ def planned_weights(path: Path, weights: str) -> tuple[dict[str, Any], list[tupl
     and each weight's MLX name, shape and bits (None: floating point).
 
     Raises:
+        ModelNotFoundError: there is no such file (the embedded default may not be fetched yet).
         InvalidModelError / UnsupportedArchitectureError: as :func:`import_gguf`.
     """
-    g = _read(Path(path))
+    if not Path(path).is_file():  # e.g. the embedded default, not fetched yet
+        raise ModelNotFoundError(f"No such GGUF file (yet): {path}", source=str(path))
+    g = read_gguf(Path(path))
     config = _checked_config(g, Path(path))
     planned = []
     for t in g.tensors:
@@ -519,7 +259,7 @@ def planned_weights(path: Path, weights: str) -> tuple[dict[str, Any], list[tupl
 
 
 def _convert_tensors(
-    g: _Gguf, config: dict[str, Any], weights_mode: str, progress: Callable[[int, int], None] | None
+    g: Gguf, config: dict[str, Any], weights_mode: str, progress: Callable[[int, int], None] | None
 ) -> tuple[dict[str, Any], dict[str, Any], Counter[str]]:
     import gguf
     import mlx.core as mx
@@ -590,7 +330,7 @@ def _convert_tensors(
     return weights, layer_quant, summary
 
 
-def _tokenizer(g: _Gguf, out: Path) -> list[int]:
+def _tokenizer(g: Gguf, out: Path) -> list[int]:
     """Write tokenizer.json / tokenizer_config.json; return the stop token ids."""
     from tokenizers import pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -688,61 +428,59 @@ def import_gguf(
         InvalidModelError: the file is not a readable GGUF or lacks a tokenizer.
         UnsupportedArchitectureError: its architecture or tensors have no
             mlx-lm equivalent.
+        StorageError: ``dest`` could not be written (disk full, permissions).
     """
     src, dest = Path(path), Path(dest)
     if weights not in WEIGHT_MODES:
         raise InvalidOptionError(
             f"gguf_weights={weights!r}: choose one of {', '.join(WEIGHT_MODES)}", option="gguf_weights"
         )
-    g = _read(src)
+    g = read_gguf(src)
     config = _checked_config(g, src)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    try:
-        stop_ids = _tokenizer(g, tmp)
-        tensors, layer_quant, summary = _convert_tensors(g, config, weights, progress)
-        if stop_ids:
-            config["eos_token_id"] = stop_ids if len(stop_ids) > 1 else stop_ids[0]
-        if layer_quant:
-            default = Counter(q["bits"] for q in layer_quant.values()).most_common(1)[0][0]
-            quant: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default, "mode": "affine"}
-            quant.update({p: q for p, q in layer_quant.items() if q["bits"] != default})
-            config["quantization"] = quant
-            config["quantization_config"] = quant
-        _write_weights(tensors, tmp)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        provenance = {
-            "created_by": f"mlx_local {__version__}",
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {
-                "type": "gguf",
-                "file": src.name,
-                "size": src.stat().st_size,
-                "sha256": sha256_of(src),
-                "name": g.metadata.get("general.name"),
-                "license": g.metadata.get("general.license"),
-            },
-            "import": {"weights": weights, "importer_version": _IMPORTER_VERSION, "tensors": dict(summary)},
-        }
-        (tmp / "mlx_local.json").write_text(json.dumps(provenance, indent=2))
-        if dest.exists():
-            raise FileExistsError(f"{dest} already exists")
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with storage_errors(dest, "write the GGUF import"):
+        with staged_folder(dest) as stage:  # (raises DestinationExists, a FileExistsError, if dest appeared)
+            tmp = stage.folder
+            stop_ids = _tokenizer(g, tmp)
+            tensors, layer_quant, summary = _convert_tensors(g, config, weights, progress)
+            if stop_ids:
+                config["eos_token_id"] = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+            if layer_quant:
+                default = Counter(q["bits"] for q in layer_quant.values()).most_common(1)[0][0]
+                quant: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default, "mode": "affine"}
+                quant.update({p: q for p, q in layer_quant.items() if q["bits"] != default})
+                config["quantization"] = quant
+                config["quantization_config"] = quant
+            _write_weights(tensors, tmp)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            provenance = {
+                "created_by": f"mlx_local {__version__}",
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "source": {
+                    "type": "gguf",
+                    "file": src.name,
+                    "size": src.stat().st_size,
+                    "sha256": sha256_of(src),
+                    "name": g.metadata.get("general.name"),
+                    "license": g.metadata.get("general.license"),
+                },
+                "import": {"weights": weights, "importer_version": _IMPORTER_VERSION, "tensors": dict(summary)},
+            }
+            (tmp / "mlx_local.json").write_text(json.dumps(provenance, indent=2))
     return dest
 
 
 def cached_import_folder(path: Path, *, weights: str) -> Path:
     """Where the import of ``path`` lives in the import cache.
 
-    Keyed by the file's real path, size and modification time and by the
-    import options, so a changed file is imported again.
+    Named ``<file stem>-<weights>-<digest>`` (e.g.
+    ``SmolLM2-135M-Instruct.Q4_1-float-1a2b3c4d5e6f``): the name
+    ``local_models()`` lists says which import of the file it is, and loads it.
+    The digest keys it by the file's real path, size and modification time
+    and by the import options, so a changed file is imported again.
     """
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{weights}|{_IMPORTER_VERSION}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)
-    return home() / "imports" / f"{stem}-{digest}"
+    return home() / "imports" / f"{stem}-{weights}-{digest}"

@@ -9,12 +9,13 @@ huggingface_hub's progress bars, and resume where an interrupted one stopped
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import GatedModelError, ModelNotFoundError
+from .errors import GatedModelError, HubUnreachableError, ModelNotFoundError, StorageError
 
 __all__ = ["MODEL_FILES", "is_offline", "resolve_repo", "download", "cached_folder", "hub_errors"]
 
@@ -28,6 +29,9 @@ MODEL_FILES = [
     "*.tiktoken",
     "tokenizer*",
 ]
+
+# OSErrors of the local disk (the cache), not of the network.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def is_offline(offline: bool | None) -> bool:
@@ -49,8 +53,8 @@ def _gated_message(repo_id: str) -> tuple[str, str]:
 
     url = f"https://huggingface.co/{repo_id}"
     entry = catalog.find(repo_id)
-    licence = f"the {entry.licence.name}" if entry else "its licence"
-    read = f" (terms: {entry.licence.url})" if entry and entry.licence.url else ""
+    licence = f"the {entry.license.name}" if entry else "its licence"
+    read = f" (terms: {entry.license.url})" if entry and entry.license.url else ""
     return (
         f"{repo_id} is gated: accept {licence} at {url}{read} with your Hugging Face account, "
         "then log in here with `hf auth login` (or set HF_TOKEN) and try again.",
@@ -58,9 +62,38 @@ def _gated_message(repo_id: str) -> tuple[str, str]:
     )
 
 
+def _root_cause(e: BaseException) -> str:
+    """``"Type: message"`` of the innermost exception that led to ``e`` (what went wrong on the wire)."""
+    seen = {id(e)}
+    while True:
+        inner = e.__cause__ or e.__context__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        e = inner
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
-    """Turn huggingface_hub's exceptions about ``repo_id`` into ours, with what to do."""
+    """Turn huggingface_hub's exceptions about ``repo_id`` into ours, with what to do.
+
+    A repo or revision that does not exist is a :class:`ModelNotFoundError`
+    (a server would answer 404); a hub out of reach (connection refused, no
+    DNS, timeouts, server errors) is a :class:`HubUnreachableError` (503),
+    which says nothing about whether the repo exists.
+
+    Ours are raised ``from None``: the message says what happened and what to
+    do (for an unreachable hub, with the root cause, e.g. "ConnectError:
+    [Errno 111] Connection refused"), and a script's traceback stays a dozen
+    lines instead of a hundred of httpcore, httpx and huggingface_hub. The
+    original exception, with its whole chain and traceback, is still there
+    for a bug report as ``error.__context__`` (only its printing is
+    suppressed). A disk error while downloading keeps its ``OSError`` as
+    ``__cause__``.
+    """
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -75,40 +108,48 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     label = repo_id + (f"@{revision}" if revision else "")
     try:
         yield
-    except GatedRepoError as e:
+    except GatedRepoError:
         message, url = _gated_message(repo_id)
-        raise GatedModelError(message, source=repo_id, url=url) from e
-    except RepositoryNotFoundError as e:
+        raise GatedModelError(message, source=repo_id, url=url) from None
+    except RepositoryNotFoundError:
         raise ModelNotFoundError(
             f"There is no Hugging Face repo {repo_id!r} (or it is private: log in with `hf auth login`). "
             "Check the spelling.",
             source=repo_id,
-        ) from e
-    except RevisionNotFoundError as e:
+        ) from None
+    except RevisionNotFoundError:
         raise ModelNotFoundError(
             f"{repo_id} has no revision {revision!r}. Check the branch, tag or commit.", source=repo_id
-        ) from e
+        ) from None
     except HFValidationError as e:
         raise ModelNotFoundError(
             f"{repo_id!r} is neither an existing path nor a valid Hugging Face repo id ({e}).", source=repo_id
-        ) from e
+        ) from None
     except (NotASafetensorsRepoError, EntryNotFoundError) as e:
         if isinstance(e, LocalEntryNotFoundError):
-            raise ModelNotFoundError(
-                f"{label} is not in the local Hugging Face cache and the hub could not be reached. "
-                f"{_how_to_get(repo_id)}",
+            raise HubUnreachableError(
+                f"{label} is not in the local Hugging Face cache and the hub could not be reached "
+                f"({_root_cause(e)}). {_how_to_get(repo_id)}",
                 source=repo_id,
-            ) from e
+            ) from None
         raise ModelNotFoundError(
             f"{label} has no safetensors weights or config.json, so it is not a model mlx_local can load "
             "(for a repo of .gguf files, download the file and pass its path).",
             source=repo_id,
-        ) from e
+        ) from None
     except (HTTPError, OSError) as e:
-        raise ModelNotFoundError(
-            f"{label} could not be fetched from the hub ({type(e).__name__}: {e}). {_how_to_get(repo_id)}",
-            source=repo_id,
-        ) from e
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:  # writing the cache, not reaching the hub
+            raise StorageError(
+                f"Could not store {label} in the Hugging Face cache ({e.filename or constants.HF_HUB_CACHE}): "
+                f"{e.strerror}. Free some space or fix the permissions, then try again.",
+                path=str(e.filename or constants.HF_HUB_CACHE),
+            ) from e
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        what = f"{label} could not be fetched from the hub ({_root_cause(e)}). {_how_to_get(repo_id)}"
+        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+            raise ModelNotFoundError(what, source=repo_id) from e  # the hub answered: it refuses this repo
+        # Connection refused, no DNS, timeouts, 5xx, 429: says nothing about the repo.
+        raise HubUnreachableError(what, source=repo_id) from None
 
 
 def cached_folder(repo_id: str, *, revision: str | None = None) -> Path | None:
@@ -146,7 +187,8 @@ def download(repo_id: str, *, revision: str | None = None, progress: bool = True
 
     Raises:
         GatedModelError: the licence must be accepted first.
-        ModelNotFoundError: no such repo or revision, or the hub is out of reach.
+        ModelNotFoundError: no such repo or revision.
+        HubUnreachableError: the hub is out of reach.
     """
     from huggingface_hub import snapshot_download
 
@@ -174,8 +216,9 @@ def resolve_repo(repo_id: str, *, revision: str | None, offline: bool | None, pr
 
     Raises:
         GatedModelError: the repo is gated and its licence not accepted.
-        ModelNotFoundError: not cached and offline, the hub out of reach, or
-            the repo or revision does not exist.
+        ModelNotFoundError: not cached and offline, or the repo or revision
+            does not exist.
+        HubUnreachableError: not cached, and the hub out of reach.
     """
     folder = cached_folder(repo_id, revision=revision)
     if folder is not None:

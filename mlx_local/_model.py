@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
 from . import _hub as hub, _runtime as runtime, _sources as sources
 from .errors import InvalidOptionError, ModelNotFoundError
-from ._fileio import replace_dir
 from ._conversation import check_messages
 from ._generation import Chunk, GenerationOptions, Result, collect
 from ._loading import LoadedFolder, load_folder
@@ -429,20 +427,22 @@ class Model:
         A GGUF import saved this way loads without importing again, with
         ``Model.load`` and ``mlx_lm.load`` alike. The folder appears only
         when complete.
+
+        Raises:
+            InvalidOptionError: ``dest`` exists (without ``overwrite``) or is
+                inside the model's own folder.
+            StorageError: the folder could not be written (disk full,
+                permissions); ``dest`` is left as it was.
         """
+        from ._fileio import clear_stale, staged_folder, storage_errors
+
         dest = Path(dest).expanduser().resolve()
-        if dest.exists() and not overwrite:
-            raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
-        if dest == self.path or self.path in dest.parents:
-            raise InvalidOptionError(f"{dest} is inside the model's own folder {self.path}.", option="dest")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-        try:
-            shutil.copytree(self.path, tmp, dirs_exist_ok=True)
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            replace_dir(tmp, dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with storage_errors(dest, "save the model"):
+            clear_stale(dest)  # (first: a dest moved aside by a killed save is put back)
+            if dest.exists() and not overwrite:
+                raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
+            if dest == self.path or self.path in dest.parents:
+                raise InvalidOptionError(f"{dest} is inside the model's own folder {self.path}.", option="dest")
+            with staged_folder(dest, overwrite=overwrite) as stage:
+                shutil.copytree(self.path, stage.folder, dirs_exist_ok=True)
         return dest

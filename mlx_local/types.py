@@ -10,9 +10,9 @@ Nothing here needs constructing by hand except :class:`GenerationOptions`
 
 from __future__ import annotations
 
-from ._catalog import CatalogEntry
+from ._catalog import CatalogEntry, License
 from ._reply import Reply
-from ._convert import Candidate, ConversionReport
+from ._report import Candidate, ConversionReport
 from ._generation import Chunk, ChunkKind, FinishReason, GenerationOptions, Result, Stats, TokenLogprob
 from ._memory import DeviceInfo, MemoryEstimate
 from ._prompt_cache import PromptCache
@@ -31,6 +31,7 @@ __all__ = [
     "DeviceInfo",
     "FinishReason",
     "GenerationOptions",
+    "License",
     "LocalModel",
     "MemoryEstimate",
     "PromptCache",

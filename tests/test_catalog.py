@@ -109,9 +109,10 @@ def test_models_joins_catalog_disk_and_fit(tmp_path, monkeypatch, hf_cache):
     assert row.memory.basis.startswith("safetensors headers")  # from the files on disk
     assert not rows["qwen3-8b"].downloaded and rows["qwen3-8b"].memory.basis == "the catalog"
     assert rows["qwen3-8b"].memory.total > rows["qwen3-0.6b"].memory.total
-    assert row.as_dict()["licence"] == "llama3.2"
+    assert row.as_dict()["license"] == "llama3.2"
 
-    assert {r.name for r in mlx_local.models(downloaded=True)} == {"llama3.2-1b"}
+    # (smollm2-135m: the embedded default's GGUF, fetched into the test home, is a copy on disk.)
+    assert {r.name for r in mlx_local.models(downloaded=True)} == {"llama3.2-1b", "smollm2-135m"}
     assert {r.entry.lab for r in mlx_local.models(lab="google")} == {"Google"}
     assert all(r.entry.licence.id == "apache-2.0" for r in mlx_local.models(licence="Apache-2.0"))
     assert all(r.entry.licence.commercial == "yes" for r in mlx_local.models(licence="commercial"))

@@ -25,8 +25,8 @@ import pytest
 import mlx_local
 from conftest import put_in_hf_cache
 from mlx_local import InvalidModelError, InvalidOptionError, ModelNotFoundError
+from mlx_local._recipes import AUTO_CANDIDATES, DEFAULT_MAX_KL, RECIPES
 from mlx_local.types import ConversionReport
-from mlx_local._convert import AUTO_CANDIDATES, DEFAULT_MAX_KL, RECIPES
 from tiny_models import write_tiny_model
 
 PARIS = "What is the capital of France?"
@@ -536,7 +536,7 @@ def test_dest_and_source_must_not_overlap(tiny, tmp_path):
 def test_auto_says_when_no_candidate_meets_the_target(tiny, tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.setattr(sys.modules["mlx_local._convert"], "AUTO_CANDIDATES", ((2, 64, None), (8, 64, None)))
+    monkeypatch.setattr(sys.modules["mlx_local._recipes"], "AUTO_CANDIDATES", ((2, 64, None), (8, 64, None)))
     with pytest.raises(InvalidOptionError, match=r"No candidate met max_kl=1e-12: the closest, 8-bit g64") as e:
         mlx_local.convert(tiny, tmp_path / "out", recipe="auto", max_kl=1e-12, quality_tokens=32)
     assert e.value.option == "max_kl"
@@ -545,4 +545,6 @@ def test_auto_says_when_no_candidate_meets_the_target(tiny, tmp_path, monkeypatc
 
 def test_recipes_are_documented():
     assert set(RECIPES) == {"mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6", "embed_8bit", "auto"}
-    assert mlx_local._convert.__doc__ and "auto" in mlx_local._convert.__doc__
+    from mlx_local import _recipes
+
+    assert _recipes.__doc__ and "auto" in _recipes.__doc__

@@ -43,6 +43,10 @@ def test_tree():
     assert issubclass(mlx_local.errors.GatedModelError, ModelNotFoundError)
     assert issubclass(mlx_local.InsufficientMemoryError, MemoryError)
     assert issubclass(mlx_local.InsufficientMemoryError, MLXLocalError)
+    from mlx_local.errors import HubUnreachableError, StorageError
+
+    assert issubclass(HubUnreachableError, ModelNotFoundError) and issubclass(HubUnreachableError, ConnectionError)
+    assert issubclass(StorageError, OSError) and issubclass(StorageError, MLXLocalError)
 
 
 def test_missing_path(tmp_path):

@@ -1,6 +1,6 @@
 """The importer's own GGUF reader gives what ``gguf.GGUFReader`` gives, fast.
 
-``gguf_import._read`` parses GGUF metadata itself (``GGUFReader`` takes seconds
+``_gguf_reader.read_gguf`` parses GGUF metadata itself (``GGUFReader`` takes seconds
 on a real vocabulary: it makes one numpy view per array element). These tests
 hold it to ``GGUFReader``: for the real SmolLM2 file and for small files
 written with ``gguf.GGUFWriter`` (or byte by byte, for what the writer cannot
@@ -24,7 +24,7 @@ from gguf.constants import GGML_QUANT_SIZES
 
 import mlx_local  # noqa: F401  (first: it picks the BLAS before MLX is loaded)
 from mlx_local.errors import InvalidModelError
-from mlx_local._gguf_import import _read
+from mlx_local._gguf_reader import read_gguf as _read
 
 T = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType

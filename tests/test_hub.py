@@ -10,6 +10,7 @@ import pytest
 import mlx_local
 from conftest import put_in_hf_cache
 from mlx_local import ModelNotFoundError
+from mlx_local.errors import HubUnreachableError
 from tiny_models import write_tiny_model
 
 
@@ -69,7 +70,12 @@ def test_not_cached_and_hub_unreachable(monkeypatch, closed_port):
 
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
     start = time.monotonic()
-    with pytest.raises(ModelNotFoundError, match="tiny-org/absent.*could not be reached") as e:
+    with pytest.raises(HubUnreachableError, match="tiny-org/absent.*could not be reached") as e:
         mlx_local.Model.load("tiny-org/absent")
     assert time.monotonic() - start < 15, "should fail fast, not retry for long"
     assert "hf download" in str(e.value)
+    # Callers that catch the older, wider errors still do; a server can answer 503, not 404.
+    assert isinstance(e.value, ModelNotFoundError) and isinstance(e.value, ConnectionError)
+    assert e.value.source == "tiny-org/absent"
+    with pytest.raises(HubUnreachableError, match="could not be"):
+        mlx_local.pull("tiny-org/absent", progress=False)

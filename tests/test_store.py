@@ -111,8 +111,14 @@ def test_pull_shows_progress_on_a_terminal_and_not_when_asked(hub, tiny_repo, tm
 
 
 def test_pull_errors(hub, tiny_repo):
-    with pytest.raises(mlx_local.ModelNotFoundError, match="no Hugging Face repo 'tiny-org/missing'"):
+    from mlx_local.errors import HubUnreachableError
+
+    with pytest.raises(mlx_local.ModelNotFoundError, match="no Hugging Face repo 'tiny-org/missing'") as e:
         mlx_local.pull("tiny-org/missing", progress=False)
+    assert not isinstance(e.value, HubUnreachableError)  # the hub answered: no such repo (a 404, not a 503)
+    with pytest.raises(mlx_local.ModelNotFoundError, match="no Hugging Face repo 'tiny-org/missing'") as e:
+        mlx_local.Model.load("tiny-org/missing")
+    assert not isinstance(e.value, HubUnreachableError)
     with pytest.raises(mlx_local.ModelNotFoundError, match="qwen3-0.6b"):
         mlx_local.pull("qwen3-06b")
     with pytest.raises(mlx_local.InvalidOptionError, match="local folder"):

@@ -17,14 +17,11 @@ prints data as JSON on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 from . import _runtime as runtime
 
@@ -34,79 +31,10 @@ import mlx_local  # noqa: E402
 from mlx_local.errors import MLXLocalError  # noqa: E402
 from mlx_local._memory import format_bytes  # noqa: E402
 
+from ._cli_chat import CHAT_HELP, cmd_chat  # noqa: E402
+from ._cli_output import Output, generation_options, load_model, thinking_mode  # noqa: E402
+
 __all__ = ["main"]
-
-
-# --------------------------------------------------------------- output
-
-
-class Output:
-    """Where text, data, progress and errors go, per the global flags."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from rich.console import Console
-
-        self.json = getattr(args, "json", False)
-        self.quiet = args.quiet
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        if not self.out.is_terminal:  # piped: tables as wide as they need, not 80 columns
-            self.out.width = 200
-
-    @property
-    def bars(self) -> bool:
-        """Progress bars: only on a terminal, and not with --quiet."""
-        return not self.quiet and self.err.is_terminal
-
-    def note(self, text: str) -> None:
-        """A remark on stderr (never mixed with data on stdout)."""
-        if not self.quiet:
-            self.err.print(text, markup=False)
-
-    def data(self, obj: Any) -> None:
-        print(json.dumps(obj, indent=2, default=str))
-
-    @contextmanager
-    def progress(self) -> Iterator[Callable[[str, float], None] | None]:
-        """A ``progress(stage, fraction)`` callback drawing one bar per stage, or None when quiet."""
-        if not self.bars:
-            yield None
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        tasks: dict[str, Any] = {}
-        with Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), console=self.err, transient=False) as bar:
-
-            def update(stage: str, fraction: float) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=1.0)
-                bar.update(tasks[stage], completed=fraction)
-
-            yield update
-
-
-def _load(args: argparse.Namespace, out: Output) -> mlx_local.Model:
-    with out.progress() as bar:
-        model = mlx_local.Model.load(
-            args.model,
-            offline=args.offline or None,
-            quantized=not getattr(args, "original", False),
-            force=getattr(args, "force", False),
-            progress=bar if bar else (None if out.bars else False),
-        )
-    out.note(repr(model))
-    return model
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """Generation options given on the command line (unset ones keep the model's defaults)."""
-    opts = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed") if getattr(args, k, None) is not None}
-    return opts
-
-
-def _thinking(args: argparse.Namespace) -> bool | None:
-    return {"on": True, "off": False, None: None}[getattr(args, "think", None)]
 
 
 # ------------------------------------------------------------- generate
@@ -114,12 +42,12 @@ def _thinking(args: argparse.Namespace) -> bool | None:
 
 def cmd_generate(args: argparse.Namespace, out: Output) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model = _load(args, out)
+    model = load_model(args, out)
     if args.raw:
-        stream = model.stream(prompt, raw=True, **_options(args))
+        stream = model.stream(prompt, raw=True, **generation_options(args))
     else:
-        chat = model.chat(system=args.system, thinking=_thinking(args), thinking_budget=args.budget)
-        stream = chat.stream(prompt, **_options(args))
+        chat = model.chat(system=args.system, thinking=thinking_mode(args), thinking_budget=args.budget)
+        stream = chat.stream(prompt, **generation_options(args))
     text, thinking, last = [], [], None
     for chunk in stream:
         last = chunk
@@ -141,158 +69,6 @@ def cmd_generate(args: argparse.Namespace, out: Output) -> int:
         out.note(f"[{last.finish_reason}] {last.stats}")
     return 0
 
-
-# ------------------------------------------------------------------ chat
-
-_CHAT_HELP = """\
-/think            think before answering (thinking models)
-/no_think         answer directly
-/budget N|off     at most N thinking tokens per answer
-/system TEXT      set the system prompt (/system alone clears it)
-/reset            forget the conversation
-/undo             drop the last question and answer
-/save FILE        save the conversation (JSON)
-/load FILE        load a saved conversation
-/stats            numbers of the last answer
-/help             this list
-/exit             leave (or Ctrl-D); Ctrl-C stops an answer"""
-
-
-def _history_file() -> Path:
-    from ._assets import home
-
-    return home() / "chat_history"
-
-
-@contextmanager
-def _line_editing() -> Iterator[None]:
-    """Line editing and a persistent history where the terminal allows (readline)."""
-    try:
-        import readline
-    except ImportError:  # Windows without pyreadline: plain input()
-        yield
-        return
-    history = _history_file()
-    try:
-        readline.read_history_file(history)
-    except OSError:
-        pass
-    readline.set_history_length(1000)
-    try:
-        yield
-    finally:
-        try:
-            history.parent.mkdir(parents=True, exist_ok=True)
-            readline.write_history_file(history)
-        except OSError:
-            pass
-
-
-def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[str, Any]) -> bool:
-    """Run a slash command; False means leave."""
-    name, _, rest = line.strip().partition(" ")
-    rest = rest.strip()
-    if name in ("/exit", "/quit", "/bye"):
-        return False
-    if name == "/help":
-        out.err.print(_CHAT_HELP, markup=False)
-    elif name in ("/think", "/no_think"):
-        wanted = name == "/think"
-        if wanted and chat.support == "none":
-            out.err.print(f"{chat.model.name} cannot think; /think has no effect.", markup=False, style="yellow")
-        else:
-            chat.thinking = wanted
-            out.err.print(f"thinking {'on' if wanted else 'off'}", markup=False)
-    elif name == "/budget":
-        if rest in ("off", "none", ""):
-            chat.thinking_budget = None
-        elif rest.isdigit():
-            chat.thinking_budget = int(rest)
-        else:
-            out.err.print("usage: /budget N  or  /budget off", markup=False, style="yellow")
-            return True
-        out.err.print(f"thinking budget: {chat.thinking_budget if chat.thinking_budget is not None else 'none'}", markup=False)
-    elif name == "/system":
-        chat.system = rest or None
-        out.err.print(f"system prompt {'set' if rest else 'cleared'}", markup=False)
-    elif name == "/reset":
-        chat.reset()
-        out.err.print("conversation cleared", markup=False)
-    elif name == "/undo":
-        try:
-            reply = chat.undo()
-            out.err.print(f"dropped: {reply.content[:60]!r}", markup=False)
-        except MLXLocalError as e:
-            out.err.print(str(e), markup=False, style="yellow")
-    elif name == "/save":
-        if not rest:
-            out.err.print("usage: /save FILE", markup=False, style="yellow")
-        else:
-            out.err.print(f"saved to {chat.save(rest)}", markup=False)
-    elif name == "/load":
-        if not rest:
-            out.err.print("usage: /load FILE", markup=False, style="yellow")
-        else:
-            try:
-                state["chat"] = type(chat).load(rest, chat.model)
-                out.err.print(f"loaded {rest}: {len(state['chat'].replies)} exchanges", markup=False)
-            except (MLXLocalError, OSError) as e:
-                out.err.print(str(e), markup=False, style="yellow")
-    elif name == "/stats":
-        replies = chat.replies
-        out.err.print(str(replies[-1].stats) if replies else "no answer yet", markup=False)
-    else:
-        out.err.print(f"unknown command {name}; /help lists them", markup=False, style="yellow")
-    return True
-
-
-def cmd_chat(args: argparse.Namespace, out: Output) -> int:
-    model = _load(args, out)
-    state: dict[str, Any] = {
-        "chat": model.chat(system=args.system, thinking=_thinking(args), thinking_budget=args.budget, **_options(args))
-    }
-    out.err.print(f"Chatting with {model.name}. /help for commands, Ctrl-D to leave.", markup=False, style="bold")
-    with _line_editing():
-        while True:
-            try:
-                line = input(">>> ")
-            except EOFError:
-                out.err.print()
-                return 0
-            except KeyboardInterrupt:
-                out.err.print("^C (Ctrl-D or /exit to leave)", markup=False)
-                continue
-            if not line.strip():
-                continue
-            if line.startswith("/") and line.split()[0] not in ("/", "//"):
-                try:
-                    if not _chat_command(line, state["chat"], out, state):
-                        return 0
-                except MLXLocalError as e:
-                    out.err.print(str(e), markup=False, style="yellow")
-                continue
-            _answer(state["chat"], line, args, out)
-
-
-def _answer(chat: "mlx_local.Chat", line: str, args: argparse.Namespace, out: Output) -> None:
-    thinking_open = False
-    try:
-        for chunk in chat.stream(line):
-            if chunk.kind == "thinking":
-                if not args.hide_thinking:
-                    out.out.print(chunk.text, style="dim", end="", markup=False)
-                    thinking_open = True
-                continue
-            if thinking_open:
-                out.out.print("\n")
-                thinking_open = False
-            out.out.print(chunk.text, end="", markup=False)
-        out.out.print()
-    except KeyboardInterrupt:
-        out.out.print()
-        out.err.print("[stopped; that answer was not kept]", markup=False, style="yellow")
-    except MLXLocalError as e:
-        out.err.print(str(e), markup=False, style="yellow")
 
 
 # --------------------------------------------------------------- convert
@@ -391,7 +167,7 @@ def cmd_info(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_bench(args: argparse.Namespace, out: Output) -> int:
     start = time.perf_counter()
-    model = _load(args, out)
+    model = load_model(args, out)
     load_s = time.perf_counter() - start
     words = ("The river town kept a record of every flood, fair and harvest for three hundred years. " * 200)
     prompt = model.encode(words, raw=True)[: args.prompt_tokens]
@@ -475,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = add("chat", "talk with a model", cmd_chat,
-            "Talk with a model. The answer streams; thinking shows dimmed. Slash commands:\n" + _CHAT_HELP)  # fmt: skip
+            "Talk with a model. The answer streams; thinking shows dimmed. Slash commands:\n" + CHAT_HELP)  # fmt: skip
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     load_args(p)
     gen_args(p)

@@ -1,0 +1,86 @@
+"""Output of the ``mlx-local`` command: text, data, remarks, progress bars, errors.
+
+Data goes to stdout; remarks, progress and errors to stderr, so that a pipe
+gets the answer alone. Shared by every command (see :mod:`mlx_local._cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import mlx_local
+
+__all__ = ["Output", "generation_options", "load_model", "thinking_mode"]
+
+
+class Output:
+    """Where text, data, progress and errors go, per the global flags."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from rich.console import Console
+
+        self.json = getattr(args, "json", False)
+        self.quiet = args.quiet
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        if not self.out.is_terminal:  # piped: tables as wide as they need, not 80 columns
+            self.out.width = 200
+
+    @property
+    def bars(self) -> bool:
+        """Progress bars: only on a terminal, and not with --quiet."""
+        return not self.quiet and self.err.is_terminal
+
+    def note(self, text: str) -> None:
+        """A remark on stderr (never mixed with data on stdout)."""
+        if not self.quiet:
+            self.err.print(text, markup=False)
+
+    def data(self, obj: Any) -> None:
+        print(json.dumps(obj, indent=2, default=str))
+
+    @contextmanager
+    def progress(self) -> Iterator[Callable[[str, float], None] | None]:
+        """A ``progress(stage, fraction)`` callback drawing one bar per stage, or None when quiet."""
+        if not self.bars:
+            yield None
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        tasks: dict[str, Any] = {}
+        with Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), console=self.err, transient=False) as bar:
+
+            def update(stage: str, fraction: float) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=1.0)
+                bar.update(tasks[stage], completed=fraction)
+
+            yield update
+
+
+def load_model(args: argparse.Namespace, out: Output) -> mlx_local.Model:
+    with out.progress() as bar:
+        model = mlx_local.Model.load(
+            args.model,
+            offline=args.offline or None,
+            quantized=not getattr(args, "original", False),
+            force=getattr(args, "force", False),
+            progress=bar if bar else (None if out.bars else False),
+        )
+    out.note(repr(model))
+    return model
+
+
+def generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Generation options given on the command line (unset ones keep the model's defaults)."""
+    opts = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed") if getattr(args, k, None) is not None}
+    return opts
+
+
+def thinking_mode(args: argparse.Namespace) -> bool | None:
+    return {"on": True, "off": False, None: None}[getattr(args, "think", None)]
+

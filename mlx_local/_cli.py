@@ -21,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from . import _runtime as runtime
 
@@ -210,12 +210,24 @@ def cmd_assets(args: argparse.Namespace, out: Output) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def _parser() -> argparse.ArgumentParser:
+def _global_options(top: bool) -> argparse.ArgumentParser:
+    """The global flags, accepted before the command and after it.
+
+    The top-level parser owns their defaults (False); each command's copy uses
+    SUPPRESS, so that it sets a flag only when given there and never puts the
+    default back over one given before the command (``mlx-local --offline generate``).
+    """
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("global options")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or remarks on stderr")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
-    g.add_argument("--offline", action="store_true", help="never use the network (as HF_HUB_OFFLINE=1)")
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or remarks on stderr", **default)
+    g.add_argument("--debug", action="store_true", help="show tracebacks", **default)
+    g.add_argument("--offline", action="store_true", help="never use the network (as HF_HUB_OFFLINE=1)", **default)
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _global_options(top=False)
 
     def model_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("-m", "--model", default=os.environ.get("MLX_LOCAL_MODEL") or None,
@@ -239,7 +251,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--hide-thinking", action="store_true", help="do not show the thinking")
 
     parser = argparse.ArgumentParser(
-        prog="mlx-local", description="Run open-weight language models locally, on MLX.", parents=[common],
+        prog="mlx-local", description="Run open-weight language models locally, on MLX.",
+        parents=[_global_options(top=True)],
         epilog="Run `mlx-local COMMAND --help` for a command's options.",
     )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"mlx_local {mlx_local.__version__}")

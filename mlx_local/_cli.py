@@ -31,6 +31,7 @@ import mlx_local  # noqa: E402
 from mlx_local.errors import MLXLocalError  # noqa: E402
 from mlx_local._memory import format_bytes  # noqa: E402
 
+from ._cli_advice import for_the_command_line  # noqa: E402
 from ._cli_chat import CHAT_HELP, cmd_chat  # noqa: E402
 from ._cli_output import Output, generation_options, load_model, thinking_mode  # noqa: E402
 
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     except MLXLocalError as e:
         if args.debug:
             raise
-        out.err.print(f"error: {e}", markup=False, style="red")
+        out.err.print(f"error: {for_the_command_line(str(e), args.command)}", markup=False, style="red")
         return 1
     except KeyboardInterrupt:
         if args.debug:

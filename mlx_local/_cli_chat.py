@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import mlx_local
 from mlx_local.errors import MLXLocalError
 
+from ._cli_advice import for_the_command_line
 from ._cli_output import Output, generation_options, load_model, thinking_mode
 
 __all__ = ["CHAT_HELP", "cmd_chat"]
@@ -94,7 +95,7 @@ def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[st
             reply = chat.undo()
             out.err.print(f"dropped: {reply.content[:60]!r}", markup=False)
         except MLXLocalError as e:
-            out.err.print(str(e), markup=False, style="yellow")
+            out.err.print(for_the_command_line(str(e), "chat"), markup=False, style="yellow")
     elif name == "/save":
         if not rest:
             out.err.print("usage: /save FILE", markup=False, style="yellow")
@@ -108,7 +109,7 @@ def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[st
                 state["chat"] = type(chat).load(rest, chat.model)
                 out.err.print(f"loaded {rest}: {len(state['chat'].replies)} exchanges", markup=False)
             except (MLXLocalError, OSError) as e:
-                out.err.print(str(e), markup=False, style="yellow")
+                out.err.print(for_the_command_line(str(e), "chat"), markup=False, style="yellow")
     elif name == "/stats":
         replies = chat.replies
         out.err.print(str(replies[-1].stats) if replies else "no answer yet", markup=False)
@@ -140,7 +141,7 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
                     if not _chat_command(line, state["chat"], out, state):
                         return 0
                 except MLXLocalError as e:
-                    out.err.print(str(e), markup=False, style="yellow")
+                    out.err.print(for_the_command_line(str(e), "chat"), markup=False, style="yellow")
                 continue
             _answer(state["chat"], line, args, out)
 
@@ -163,5 +164,5 @@ def _answer(chat: "mlx_local.Chat", line: str, args: argparse.Namespace, out: Ou
         out.out.print()
         out.err.print("[stopped; that answer was not kept]", markup=False, style="yellow")
     except MLXLocalError as e:
-        out.err.print(str(e), markup=False, style="yellow")
+        out.err.print(for_the_command_line(str(e), "chat"), markup=False, style="yellow")
 

@@ -128,7 +128,7 @@ def test_convert_prints_the_quality_report(tiny_folder, tmp_path):
     assert report["bits"] == 4 and report["group_size"] == 32 and report["quality"]["mean_kl"] >= 0
     assert (tmp_path / "q4" / "config.json").is_file()
     again = mlx_local_cmd("convert", str(tiny_folder), str(tmp_path / "q4"))
-    assert again.returncode == 1 and "overwrite" in again.stderr
+    assert again.returncode == 1 and "pass --overwrite to replace it" in again.stderr  # the flag, not overwrite=True
 
 
 def test_bench_reports_medians(smollm2_gguf):

@@ -42,3 +42,44 @@ def test_quiet_before_the_command_silences_stderr(smollm2_gguf):
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr == ""  # no model line, no stats
         assert "Paris" in proc.stdout and proc.stdout.endswith("\n") and not proc.stdout.endswith("\n\n")
+
+
+# ---------------------------------------------------- advice in the command line's words
+
+
+def _message(call) -> str:
+    with pytest.raises(mlx_local.MLXLocalError) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "python", "cli"),
+    [
+        (lambda: mlx_local.GenerationOptions().updated(max_tokens=0), "max_tokens=0", "--max-tokens 0: must be"),
+        (lambda: mlx_local.GenerationOptions().updated(top_p=1.5), "top_p=1.5", "--top-p 1.5: must be"),
+        (lambda: mlx_local.Model.load("qwen3-06b"), "`mlx_local.models()`", "`mlx-local models` lists"),
+        (lambda: mlx_local.Model.load("qwen3-0.6b", offline=True), "mlx_local.pull(",
+         "(--offline or HF_HUB_OFFLINE=1), so it was not downloaded. Download it once while online "
+         "(`mlx-local pull mlx-community/Qwen3-0.6B-4bit`"),
+        (lambda: mlx_local.convert("x", "y", recipe="auto", bits=3), "leave bits and group_size",
+         "--recipe auto chooses the bits and group size itself; leave --bits and --group-size at their defaults"),
+        (lambda: mlx_local.convert("x", "y", bits=7), "or None", "--bits 7: choose one of 2, 3, 4, 5, 6, 8, or 0 "),
+        (lambda: mlx_local.convert("x", "y", max_kl=0.1), "recipe='auto'", "--max-kl is the quality target of --recipe auto"),
+        (lambda: mlx_local.estimate_memory("qwen3-8b", context=0), "context=0", "--context 0: give a positive"),
+    ],
+)  # fmt: skip
+def test_library_advice_is_said_with_the_commands_flags(call, python, cli, hf_cache, models_home):
+    from mlx_local._cli_advice import for_the_command_line
+
+    message = _message(call)
+    assert python in message  # the library's own message stays Python-flavoured
+    translated = for_the_command_line(message, "generate")
+    assert cli in translated and python not in translated
+
+
+def test_a_model_too_big_names_the_force_flag_and_a_command_that_fits(smollm2_gguf):
+    proc = mlx_local_cmd("generate", "-m", "qwen3-8b", "hi", MLX_LOCAL_MEMORY_LIMIT="1GB")
+    assert proc.returncode == 1
+    assert "Pass --force to load it anyway" in proc.stderr and "(`mlx-local generate -m " in proc.stderr
+    assert "force=True" not in proc.stderr and "Model.load" not in proc.stderr

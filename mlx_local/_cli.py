@@ -28,12 +28,12 @@ from . import _runtime as runtime
 runtime.prepare()  # before anything imports mlx
 
 import mlx_local  # noqa: E402
-from mlx_local.errors import MLXLocalError  # noqa: E402
+from mlx_local.errors import InvalidOptionError, MLXLocalError  # noqa: E402
 from mlx_local._memory import format_bytes  # noqa: E402
 
 from ._cli_advice import for_the_command_line  # noqa: E402
 from ._cli_chat import CHAT_HELP, cmd_chat  # noqa: E402
-from ._cli_output import Output, generation_options, load_model, thinking_mode  # noqa: E402
+from ._cli_output import Output, check_options, generation_options, load_model, thinking_mode  # noqa: E402
 
 __all__ = ["main"]
 
@@ -43,6 +43,11 @@ __all__ = ["main"]
 
 def cmd_generate(args: argparse.Namespace, out: Output) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        raise InvalidOptionError(
+            "The prompt is empty: give it as the argument, or - to read it from stdin.", option="prompt"
+        )
+    check_options(args)  # before the model loads, not seconds after
     model = load_model(args, out)
     if args.raw:
         stream = model.stream(prompt, raw=True, **generation_options(args))
@@ -167,6 +172,10 @@ def cmd_info(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--tokens", args.tokens), ("--runs", args.runs)):
+        if value < 1:
+            option = flag[2:].replace("-", "_")
+            raise InvalidOptionError(f"{flag} {value}: give a whole number, 1 or more.", option=option)
     start = time.perf_counter()
     model = load_model(args, out)
     load_s = time.perf_counter() - start

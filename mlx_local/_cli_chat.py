@@ -11,7 +11,7 @@ import mlx_local
 from mlx_local.errors import MLXLocalError
 
 from ._cli_advice import for_the_command_line
-from ._cli_output import Output, generation_options, load_model, thinking_mode
+from ._cli_output import Output, check_options, generation_options, load_model, thinking_mode
 
 __all__ = ["CHAT_HELP", "cmd_chat"]
 
@@ -119,6 +119,7 @@ def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[st
 
 
 def cmd_chat(args: argparse.Namespace, out: Output) -> int:
+    check_options(args)  # before the model loads, not seconds after
     model = load_model(args, out)
     state: dict[str, Any] = {
         "chat": model.chat(system=args.system, thinking=thinking_mode(args), thinking_budget=args.budget, **generation_options(args))

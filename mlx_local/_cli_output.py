@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import mlx_local
+from mlx_local.errors import InvalidOptionError
 
-__all__ = ["Output", "generation_options", "load_model", "thinking_mode"]
+__all__ = ["Output", "check_options", "generation_options", "load_model", "thinking_mode"]
 
 
 class Output:
@@ -79,6 +80,20 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     """Generation options given on the command line (unset ones keep the model's defaults)."""
     opts = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed") if getattr(args, k, None) is not None}
     return opts
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse bad generation options before any model loads (seconds), not after.
+
+    Raises:
+        InvalidOptionError: the option at fault, in the library's words.
+    """
+    mlx_local.GenerationOptions().updated(**generation_options(args))
+    budget = getattr(args, "budget", None)
+    if budget is not None and budget < 0:
+        raise InvalidOptionError(
+            f"thinking_budget={budget}: give a number of thinking tokens, 0 or more.", option="thinking_budget"
+        )
 
 
 def thinking_mode(args: argparse.Namespace) -> bool | None:

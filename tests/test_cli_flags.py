@@ -83,3 +83,26 @@ def test_a_model_too_big_names_the_force_flag_and_a_command_that_fits(smollm2_gg
     assert proc.returncode == 1
     assert "Pass --force to load it anyway" in proc.stderr and "(`mlx-local generate -m " in proc.stderr
     assert "force=True" not in proc.stderr and "Model.load" not in proc.stderr
+
+
+# ------------------------------------------------------------ checked before loading
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "said"),
+    [
+        (["generate", ""], None, "The prompt is empty"),
+        (["generate", "-"], " \n", "The prompt is empty"),
+        (["generate", "hi", "--max-tokens", "0"], None, "--max-tokens 0: must be a whole number of at least 1"),
+        (["generate", "hi", "--top-p", "2"], None, "--top-p 2.0: must be in (0, 1]"),
+        (["chat", "--temperature", "-1"], "hello\n", "--temperature -1.0: must be 0 (greedy) or more"),
+        (["chat", "--budget", "-5"], "hello\n", "--budget -5: give a number of thinking tokens"),
+        (["bench", "--runs", "0"], None, "--runs 0: give a whole number, 1 or more"),
+    ],
+)  # fmt: skip
+def test_bad_options_fail_before_the_model_loads(argv, stdin, said, smollm2_gguf):
+    proc = mlx_local_cmd(*argv, stdin=stdin)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and said in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1  # no model line first: nothing was loaded
+    assert "Model(" not in proc.stderr and "Chatting with" not in proc.stderr

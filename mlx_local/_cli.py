@@ -96,6 +96,53 @@ def cmd_convert(args: argparse.Namespace, out: Output) -> int:
 
 # ---------------------------------------------------------------- models
 
+#: The catalog table's columns: (header, justify), in display order.
+_COLUMNS = (("name", "left"), ("lab", "left"), ("params", "right"), ("context", "right"), ("thinks", "left"),
+            ("license", "left"), ("commercial", "left"), ("needs", "right"), ("fits", "left"), ("on disk", "right"))
+#: Left out first when the terminal is too narrow; the name never is.
+_DROP_ORDER = ("commercial", "lab", "context", "params", "license", "thinks", "on disk", "needs", "fits")
+
+
+def _catalog_row(r: mlx_local.CatalogModel) -> dict[str, str]:
+    e = r.entry
+    return {
+        "name": e.name, "lab": e.lab, "params": f"{e.parameters / 1e9:.2f}B", "context": f"{e.context_length // 1024}K",
+        "thinks": {"none": "", "switchable": "yes", "always": "always"}[e.thinking],
+        "license": e.licence.id + (" (gated)" if e.gated else ""), "commercial": e.licence.commercial,
+        "needs": format_bytes(r.memory.total), "fits": "yes" if r.fits else "[red]no[/red]",
+        "on disk": format_bytes(r.size_on_disk) if r.local else "",
+    }  # fmt: skip
+
+
+def _fitted_table(title: str, rows: list[dict[str, str]], console: Any) -> tuple[Any, list[str]]:
+    """The catalog table as wide as the console allows, and the columns left out for it.
+
+    Columns are left out in ``_DROP_ORDER`` until the table's natural width
+    fits; the name is never left out, cut or wrapped.
+    """
+    from rich.table import Table
+
+    def build(headers: list[str]) -> Table:
+        table = Table(title=title)
+        for header, justify in _COLUMNS:
+            if header in headers:
+                wide = max([len(header), *(len(row[header]) for row in rows)]) if header == "name" else None
+                table.add_column(header, justify=justify, no_wrap=header == "name", min_width=wide)  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(*(row[h] for h in headers))
+        return table
+
+    headers = [h for h, _ in _COLUMNS]
+    dropped: list[str] = []
+    table = build(headers)
+    for header in _DROP_ORDER:
+        if console.measure(table, options=console.options.update(max_width=10_000)).maximum <= console.width:
+            break
+        headers.remove(header)
+        dropped.append(header)
+        table = build(headers)
+    return table, dropped
+
 
 def cmd_models(args: argparse.Namespace, out: Output) -> int:
     rows = mlx_local.models(
@@ -106,23 +153,11 @@ def cmd_models(args: argparse.Namespace, out: Output) -> int:
     if out.json:
         out.data({"catalog": [r.as_dict() for r in rows], "other_local_models": [m.as_dict() for m in local]})
         return 0
-    from rich.table import Table
-
-    table = Table(title=f"Catalog (memory at {args.context} tokens, {'original' if args.original else 'MLX 4-bit'})")
-    for col, justify in (("name", "left"), ("lab", "left"), ("params", "right"), ("context", "right"),
-                         ("thinks", "left"), ("licence", "left"), ("commercial", "left"), ("needs", "right"),
-                         ("fits", "left"), ("on disk", "right")):  # fmt: skip
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        e = r.entry
-        table.add_row(
-            e.name, e.lab, f"{e.parameters / 1e9:.2f}B", f"{e.context_length // 1024}K",
-            {"none": "", "switchable": "yes", "always": "always"}[e.thinking],
-            e.licence.id + (" (gated)" if e.gated else ""), e.licence.commercial,
-            format_bytes(r.memory.total), "yes" if r.fits else "[red]no[/red]",
-            format_bytes(r.size_on_disk) if r.local else "",
-        )  # fmt: skip
+    title = f"Catalog (memory at {args.context} tokens, {'original' if args.original else 'MLX 4-bit'})"
+    table, dropped = _fitted_table(title, [_catalog_row(r) for r in rows], out.out)
     out.out.print(table)
+    if dropped:
+        out.note(f"(left out to fit {out.out.width} columns: {', '.join(dropped)}; a wider terminal or --json shows them)")
     if local:
         out.out.print("\nOther models on disk:")
         for m in local:
@@ -302,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("models", "the catalog and what is on disk", cmd_models)
     p.add_argument("--lab", help="part of the lab's name (qwen, meta, google, ...)")
-    p.add_argument("--licence", "--license", dest="licence", help="licence id (apache-2.0, mit, ...) or 'commercial'")
+    p.add_argument("--license", "--licence", dest="licence", help="license id (apache-2.0, mit, ...) or 'commercial'")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None, help="thinking models only (or none)")
     p.add_argument("--fits", action="store_true", help="only models that fit this machine")
     p.add_argument("--downloaded", action="store_true", help="only models on disk")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -27,8 +28,8 @@ class Output:
         self.quiet = args.quiet
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        if not self.out.is_terminal:  # piped: tables as wide as they need, not 80 columns
-            self.out.width = 200
+        if not self.out.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+            self.out.width = 200  # piped: tables as wide as they need, not 80 columns (unless COLUMNS says)
 
     @property
     def bars(self) -> bool:

@@ -55,26 +55,34 @@ def cmd_generate(args: argparse.Namespace, out: Output) -> int:
         chat = model.chat(system=args.system, thinking=thinking_mode(args), thinking_budget=args.budget)
         stream = chat.stream(prompt, **generation_options(args))
     text, thinking, last = [], [], None
-    for chunk in stream:
-        last = chunk
-        if chunk.kind == "thinking":
-            thinking.append(chunk.text)
-            if not out.json and not args.hide_thinking:
-                out.err.print(chunk.text, style="dim", end="", markup=False)
-        else:
-            text.append(chunk.text)
-            if not out.json:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
+    answer, reasoning = out.wrapped(out.out, raw=True), out.wrapped(out.err)
+    show = not out.json
+    try:
+        with out.spinner() as spinner:
+            for chunk in stream:
+                spinner.stop()
+                last = chunk
+                if chunk.kind == "thinking":
+                    thinking.append(chunk.text)
+                    if show and not args.hide_thinking:
+                        reasoning.feed(chunk.text, "dim")
+                    continue
+                reasoning.end_line()  # the thinking is over: the answer starts on a line of its own
+                text.append(chunk.text)
+                if show:
+                    answer.feed(chunk.text)
+    finally:  # also when interrupted: the shell prompt must not land on the answer's line
+        reasoning.end_line()
+        answer.flush()
+        if show and (not answer.at_line_start or not text):
+            answer.feed("\n")
     assert last is not None and last.stats is not None
     if out.json:
         out.data({"text": "".join(text), "thinking": "".join(thinking) or None,
                   "finish_reason": last.finish_reason, "stats": last.stats.as_dict(), "model": model.name})
     else:
-        sys.stdout.write("\n")
         out.note(f"[{last.finish_reason}] {last.stats}")
     return 0
-
 
 
 # --------------------------------------------------------------- convert

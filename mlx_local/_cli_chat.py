@@ -148,22 +148,27 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
 
 
 def _answer(chat: "mlx_local.Chat", line: str, args: argparse.Namespace, out: Output) -> None:
+    text = out.wrapped(out.out)
     thinking_open = False
     try:
-        for chunk in chat.stream(line):
-            if chunk.kind == "thinking":
-                if not args.hide_thinking:
-                    out.out.print(chunk.text, style="dim", end="", markup=False)
-                    thinking_open = True
-                continue
-            if thinking_open:
-                out.out.print("\n")
-                thinking_open = False
-            out.out.print(chunk.text, end="", markup=False)
-        out.out.print()
+        with out.spinner() as spinner:
+            for chunk in chat.stream(line):
+                spinner.stop()
+                if chunk.kind == "thinking":
+                    if not args.hide_thinking:
+                        text.feed(chunk.text, "dim")
+                        thinking_open = True
+                    continue
+                if thinking_open:  # a blank line between the thinking and the answer
+                    text.end_line()
+                    text.feed("\n")
+                    thinking_open = False
+                text.feed(chunk.text)
+        text.end_line()
     except KeyboardInterrupt:
-        out.out.print()
+        text.end_line()
         out.err.print("[stopped; that answer was not kept]", markup=False, style="yellow")
     except MLXLocalError as e:
+        text.end_line()
         out.err.print(for_the_command_line(str(e), "chat"), markup=False, style="yellow")
 

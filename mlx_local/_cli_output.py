@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 import mlx_local
 from mlx_local.errors import InvalidOptionError
 
+from ._cli_stream import Spinner, WordWrap
+
 __all__ = ["Output", "check_options", "generation_options", "load_model", "thinking_mode"]
 
 
@@ -40,6 +42,25 @@ class Output:
         """A remark on stderr (never mixed with data on stdout)."""
         if not self.quiet:
             self.err.print(text, markup=False)
+
+    def spinner(self, label: str = "thinking...") -> Spinner:
+        """A spinner on stderr until the first chunk: on a terminal only, and not with --quiet."""
+        return Spinner(self.err.file, label, enabled=self.bars and not self.err.is_dumb_terminal)
+
+    def wrapped(self, console: Any, *, raw: bool = False) -> WordWrap:
+        """A word-wrapping writer to ``console`` (stdout or stderr): wraps on a terminal only.
+
+        ``raw`` writes with ``file.write`` (exactly the text: no rich styles or
+        emoji codes), for the answer on stdout.
+        """
+        def write(text: str, style: str | None) -> None:
+            if raw:
+                console.file.write(text)
+                console.file.flush()
+            else:
+                console.print(text, style=style, end="", markup=False, emoji=False, highlight=False)
+
+        return WordWrap(write, console.width if console.is_terminal and not console.is_dumb_terminal else None)
 
     def data(self, obj: Any) -> None:
         print(json.dumps(obj, indent=2, default=str))

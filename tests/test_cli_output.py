@@ -82,3 +82,63 @@ def test_models_license_flag_and_its_old_spelling(smollm2_gguf):
         data = json.loads(mlx_local_cmd("models", flag, "mit", "--json").stdout)
         names = {m["name"] for m in data["catalog"]}
         assert {"phi4-mini", "deepseek-r1-distill-qwen-7b"} <= names and "qwen3-0.6b" not in names
+
+
+# ------------------------------------------------- waiting for the first token
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+QUESTION = "What is the capital of France?"
+
+
+def test_a_spinner_shows_on_a_terminal_until_the_answer_starts(smollm2_gguf):
+    screen, status = on_terminal("generate", QUESTION, "--max-tokens", "12")
+    assert status == 0, screen
+    before, erased, after = screen.partition("\r\x1b[K")  # the spinner is erased when the first chunk comes
+    assert erased and "thinking..." in before and any(frame in before for frame in SPINNER)
+    assert "Paris" in after and "thinking..." not in after
+
+
+def test_no_spinner_in_a_pipe_or_with_quiet(smollm2_gguf):
+    proc = mlx_local_cmd("generate", QUESTION, "--max-tokens", "12")
+    assert proc.returncode == 0 and "Paris" in proc.stdout
+    for text in (proc.stdout, proc.stderr):
+        assert "thinking..." not in text and not set(SPINNER) & set(text) and "\x1b[K" not in text
+    screen, status = on_terminal("-q", "generate", QUESTION, "--max-tokens", "12")
+    assert status == 0 and "Paris" in screen
+    assert "thinking..." not in screen and not set(SPINNER) & set(screen)
+    assert screen.endswith(".\n") or screen.endswith("\n")  # the shell prompt gets a line of its own
+    assert "tok/s" not in screen
+
+
+# ------------------------------------------------------------------- chat
+
+
+def spawn_chat(tmp_path, columns: int, *args: str) -> pexpect.spawn:
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    environ.update(HF_HUB_OFFLINE="1", TERM="xterm")
+    child = pexpect.spawn(CLI, ["chat", "--temperature", "0", *args], env=environ, cwd=str(tmp_path),
+                          encoding="utf-8", timeout=240, dimensions=(50, columns))  # fmt: skip
+    child.expect_exact(">>> ")
+    return child
+
+
+def ask(child: pexpect.spawn, text: str) -> str:
+    """Send a line; what the chat showed until its next prompt (the echo of the line excluded)."""
+    child.sendline(text)
+    child.expect_exact(text + "\r\n")
+    child.expect_exact(">>> ")
+    return without_styles(child.before).replace("\r\n", "\n")
+
+
+def test_chat_wraps_answers_between_words_and_shows_a_spinner(smollm2_gguf, tmp_path):
+    child = spawn_chat(tmp_path, 40, "--max-tokens", "80")
+    shown = ask(child, "Tell me a story about a lighthouse keeper.")
+    before, erased, answer = shown.partition("\r\x1b[K")
+    assert erased and "thinking..." in before  # a sign of life until the first token
+    lines = answer.strip("\n").split("\n")
+    assert len(lines) >= 3 and max(len(line) for line in lines) <= 40
+    ask(child, "/save talk.json")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    reply = json.loads((tmp_path / "talk.json").read_text())["replies"][0]["content"]
+    assert " ".join(answer.split()) == " ".join(reply.split())  # every word whole, none cut at the edge

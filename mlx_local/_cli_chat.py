@@ -60,6 +60,19 @@ def _line_editing() -> Iterator[None]:
             pass
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _clip(text: str, size: int = 60) -> str:
+    return text if len(text) <= size else text[: size - 1] + "…"
+
+
+def _say_budget(chat: "mlx_local.Chat", out: Output) -> None:
+    budget = chat.thinking_budget
+    out.err.print(f"thinking budget: {'none' if budget is None else _count(budget, 'token')}", markup=False)
+
+
 def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[str, Any]) -> bool:
     """Run a slash command; False means leave."""
     name, _, rest = line.strip().partition(" ")
@@ -76,14 +89,16 @@ def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[st
             chat.thinking = wanted
             out.err.print(f"thinking {'on' if wanted else 'off'}", markup=False)
     elif name == "/budget":
-        if rest in ("off", "none", ""):
+        if chat.support == "none":
+            out.err.print(f"{chat.model.name} cannot think; /budget has no effect.", markup=False, style="yellow")
+        elif rest in ("off", "none", ""):
             chat.thinking_budget = None
+            _say_budget(chat, out)
         elif rest.isdigit():
             chat.thinking_budget = int(rest)
+            _say_budget(chat, out)
         else:
             out.err.print("usage: /budget N  or  /budget off", markup=False, style="yellow")
-            return True
-        out.err.print(f"thinking budget: {chat.thinking_budget if chat.thinking_budget is not None else 'none'}", markup=False)
     elif name == "/system":
         chat.system = rest or None
         out.err.print(f"system prompt {'set' if rest else 'cleared'}", markup=False)
@@ -91,9 +106,11 @@ def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[st
         chat.reset()
         out.err.print("conversation cleared", markup=False)
     elif name == "/undo":
+        # The question says which exchange went; the answer may be long, or empty (a thinking-only reply).
+        question = next((m["content"] for m in reversed(chat.messages) if m.get("role") == "user"), None)
         try:
-            reply = chat.undo()
-            out.err.print(f"dropped: {reply.content[:60]!r}", markup=False)
+            chat.undo()
+            out.err.print(f"dropped your question {_clip(str(question))!r} and its answer", markup=False)
         except MLXLocalError as e:
             out.err.print(for_the_command_line(str(e), "chat"), markup=False, style="yellow")
     elif name == "/save":
@@ -107,7 +124,7 @@ def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[st
         else:
             try:
                 state["chat"] = type(chat).load(rest, chat.model)
-                out.err.print(f"loaded {rest}: {len(state['chat'].replies)} exchanges", markup=False)
+                out.err.print(f"loaded {rest}: {_count(len(state['chat'].replies), 'exchange')}", markup=False)
             except (MLXLocalError, OSError) as e:
                 out.err.print(for_the_command_line(str(e), "chat"), markup=False, style="yellow")
     elif name == "/stats":

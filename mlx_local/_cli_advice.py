@@ -57,6 +57,9 @@ def for_the_command_line(message: str, command: str | None = None) -> str:
     ``command`` (``"chat"``, ``"generate"``, ...) is the command that failed:
     a suggestion to load another model becomes ``mlx-local COMMAND -m NAME``.
     """
+    if command == "pull":  # "download it with pull" says nothing to someone who just ran pull
+        message = re.sub(r"Download it once while online \(`mlx_local\.pull\('[^']*'\)` or (`hf download [^`]*`)\)",
+                         r"Try again once online (or with \1)", message)  # fmt: skip
     uses_model = command in ("chat", "generate", "bench")
     load = rf"`mlx-local {command} -m \1`" if uses_model else r"`-m \1`"
     message = re.sub(r"`(?:mlx_local\.)?Model\.load\('([^']*)'\)`", load, message)

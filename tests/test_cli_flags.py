@@ -106,3 +106,13 @@ def test_bad_options_fail_before_the_model_loads(argv, stdin, said, smollm2_gguf
     assert proc.stderr.startswith("error: ") and said in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1  # no model line first: nothing was loaded
     assert "Model(" not in proc.stderr and "Chatting with" not in proc.stderr
+
+
+def test_pull_with_the_hub_out_of_reach_does_not_advise_pull(tmp_path, smollm2_gguf):
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hub")}  # nothing listens
+    pulled = mlx_local_cmd("pull", "qwen3-0.6b", **env)
+    assert pulled.returncode == 1 and "the hub could not be reached" in pulled.stderr
+    assert "Try again once online (or with `hf download mlx-community/Qwen3-0.6B-4bit`)" in pulled.stderr
+    assert "mlx_local.pull" not in pulled.stderr and "mlx-local pull" not in pulled.stderr
+    loaded = mlx_local_cmd("generate", "-m", "qwen3-0.6b", "hi", **env)
+    assert loaded.returncode == 1 and "(`mlx-local pull mlx-community/Qwen3-0.6B-4bit` or `hf download" in loaded.stderr

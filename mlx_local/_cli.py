@@ -9,9 +9,16 @@
     mlx-local info [-m MODEL]                 this machine, and whether a model fits
     mlx-local bench [-m MODEL]                a short benchmark
 
-Errors print one line and exit 1 (``--debug`` shows the traceback). Progress
-bars go to stderr on a terminal only, and never with ``--quiet``. ``--json``
-prints data as JSON on stdout.
+The global flags (``-q/--quiet``, ``--debug``, ``--offline``) go before or
+after the command. Errors print one line and exit 1 (``--debug`` shows the
+traceback), naming the command's flags. Options are checked before a model
+loads. Progress bars, and a spinner until the first token, go to stderr on a
+terminal only, and never with ``--quiet``. ``--json`` prints data as JSON on
+stdout.
+
+The pieces: :mod:`._cli_output` (where output goes), :mod:`._cli_stream`
+(spinner, word wrap), :mod:`._cli_advice` (errors in the CLI's words),
+:mod:`._cli_chat` (the interactive chat).
 """
 
 from __future__ import annotations

@@ -172,7 +172,8 @@ def cmd_models(args: argparse.Namespace, out: Output) -> int:
     table, dropped = _fitted_table(title, [_catalog_row(r) for r in rows], out.out)
     out.out.print(table)
     if dropped:
-        out.note(f"(left out to fit {out.out.width} columns: {', '.join(dropped)}; a wider terminal or --json shows them)")
+        left_out = ", ".join(dropped)
+        out.note(f"(left out to fit {out.out.width} columns: {left_out}; a wider terminal or --json shows them)")
     if local:
         out.out.print("\nOther models on disk:")
         for m in local:

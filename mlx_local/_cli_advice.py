@@ -29,6 +29,7 @@ FLAGS = {
     "max_kl": "--max-kl",
 }
 
+QUOTES = "'\""
 _VALUE = r"('[^']*'|\"[^\"]*\"|[-+\w]+(?:\.\w+)*)"
 
 #: Whole phrases first (they contain the argument names the generic rules below would change).
@@ -66,7 +67,11 @@ def for_the_command_line(message: str, command: str | None = None) -> str:
     for pattern, replacement in _PHRASES:
         message = re.sub(pattern, replacement, message)
     for name, flag in FLAGS.items():
-        message = re.sub(rf"(?<![\w-]){name}={_VALUE}", lambda m: f"{flag} {m.group(1).strip(chr(39) + chr(34))}", message)
+
+        def as_flag(m: re.Match[str], flag: str = flag) -> str:  # max_tokens=0 -> --max-tokens 0
+            return f"{flag} {m.group(1).strip(QUOTES)}"
+
+        message = re.sub(rf"(?<![\w-]){name}={_VALUE}", as_flag, message)
         if "_" in name:  # an argument named alone ("max_kl is the quality target"); plain words stay words
             message = re.sub(rf"(?<![\w-]){name}\b", flag, message)
     return message

@@ -129,8 +129,8 @@ def load_model(args: argparse.Namespace, out: Output) -> mlx_local.Model:
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     """Generation options given on the command line (unset ones keep the model's defaults)."""
-    opts = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed") if getattr(args, k, None) is not None}
-    return opts
+    names = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def check_options(args: argparse.Namespace) -> None:

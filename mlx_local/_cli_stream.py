@@ -12,7 +12,7 @@ written exactly as the model produced it.
 from __future__ import annotations
 
 import threading
-from typing import Callable, TextIO
+from typing import IO, Callable
 
 from rich.cells import cell_len
 
@@ -32,7 +32,7 @@ class Spinner:
     ASCII_FRAMES = "|/-\\"
     INTERVAL = 0.1
 
-    def __init__(self, stream: TextIO, label: str, *, enabled: bool) -> None:
+    def __init__(self, stream: IO[str], label: str, *, enabled: bool) -> None:
         self.stream = stream
         self.label = label
         self.enabled = enabled

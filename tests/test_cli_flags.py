@@ -65,7 +65,8 @@ def _message(call) -> str:
         (lambda: mlx_local.convert("x", "y", recipe="auto", bits=3), "leave bits and group_size",
          "--recipe auto chooses the bits and group size itself; leave --bits and --group-size at their defaults"),
         (lambda: mlx_local.convert("x", "y", bits=7), "or None", "--bits 7: choose one of 2, 3, 4, 5, 6, 8, or 0 "),
-        (lambda: mlx_local.convert("x", "y", max_kl=0.1), "recipe='auto'", "--max-kl is the quality target of --recipe auto"),
+        (lambda: mlx_local.convert("x", "y", max_kl=0.1), "recipe='auto'",
+         "--max-kl is the quality target of --recipe auto"),
         (lambda: mlx_local.estimate_memory("qwen3-8b", context=0), "context=0", "--context 0: give a positive"),
     ],
 )  # fmt: skip
@@ -109,7 +110,8 @@ def test_bad_options_fail_before_the_model_loads(argv, stdin, said, smollm2_gguf
 
 
 def test_pull_with_the_hub_out_of_reach_does_not_advise_pull(tmp_path, smollm2_gguf):
-    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hub")}  # nothing listens
+    nothing_listens = "http://127.0.0.1:9"
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": nothing_listens, "HF_HUB_CACHE": str(tmp_path / "hub")}
     pulled = mlx_local_cmd("pull", "qwen3-0.6b", **env)
     assert pulled.returncode == 1 and "the hub could not be reached" in pulled.stderr
     assert "Try again once online (or with `hf download mlx-community/Qwen3-0.6B-4bit`)" in pulled.stderr

@@ -22,12 +22,50 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 step "installing mlx_local and its dependencies"
 if [ $dev = 1 ]; then "${pip[@]}" -e ".[test]"; else "${pip[@]}" -e .; fi
 
+# PyTorch for the reference tests (tests/test_reference.py), the CPU build. On Linux the default
+# index (PyPI) resolves torch to the CUDA build plus ~28 NVIDIA packages (several GB): take it from
+# PyTorch's own CPU index, probed first because pip retries an unreachable index for minutes.
+torch_version=2.13.0
+torch_cpu_index=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+reachable() {  # within 8 s, name lookup included (a thread: urlopen's timeout does not cover DNS)
+  .venv/bin/python - "$1" <<'PY'
+import sys, threading, urllib.request
+answered = []
+def probe():
+    try:
+        urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5).close()
+        answered.append(True)
+    except Exception:
+        pass
+thread = threading.Thread(target=probe, daemon=True)
+thread.start()
+thread.join(8)
+sys.exit(0 if answered else 1)
+PY
+}
 if [ $dev = 1 ]; then
-  step "installing PyTorch (CPU) for the reference tests"
-  if [ "$(uname -s)" = Linux ]; then "${pip[@]}" "torch==2.13.0"; else "${pip[@]}" torch; fi
+  if [ "$(uname -s)" != Linux ]; then
+    step "installing PyTorch for the reference tests"
+    "${pip[@]}" torch
+  elif reachable "$torch_cpu_index"; then
+    step "installing PyTorch $torch_version (CPU build, from $torch_cpu_index) for the reference tests"
+    "${pip[@]}" --index-url "$torch_cpu_index" "torch==$torch_version" \
+      || { echo "note: the CPU index failed; trying the default index"; "${pip[@]}" "torch==$torch_version"; }
+  else
+    step "installing PyTorch $torch_version for the reference tests ($torch_cpu_index is out of reach: default index)"
+    "${pip[@]}" "torch==$torch_version"
+  fi
+  torch_cuda=$(.venv/bin/python -c 'import torch; print(torch.version.cuda or "")')
+  if [ -n "$torch_cuda" ]; then
+    echo "warning: the PyTorch installed is a CUDA build (CUDA $torch_cuda), with its NVIDIA packages (several GB)."
+    echo "         The reference tests work with it (they run on the CPU). For the CPU build instead:"
+    echo "         .venv/bin/python -m pip install --force-reinstall torch==$torch_version --index-url $torch_cpu_index"
+  else
+    echo "PyTorch $(.venv/bin/python -c 'import torch; print(torch.__version__)'): CPU build, as wanted"
+  fi
 fi
 
-# On Linux, MLX's CPU backend is ~20x faster with an optimised BLAS (see mlx_local/runtime.py).
+# On Linux, MLX's CPU backend is ~20x faster with an optimised BLAS (see mlx_local/_runtime.py).
 if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     step "installing OpenBLAS (Debian package libopenblas0-pthread)"
@@ -41,4 +79,8 @@ fi
 step "fetching model assets"
 if [ $dev = 1 ]; then .venv/bin/python -m mlx_local assets fetch; else .venv/bin/python -m mlx_local assets fetch smollm2; fi
 echo
-echo "ready: .venv/bin/python examples/quickstart.py"
+if [ $dev = 1 ]; then
+  echo "ready: .venv/bin/python -m pytest    (the whole suite: 6 min on a quiet machine, up to 35 on a busy one)"
+else
+  echo "ready: .venv/bin/python examples/quickstart.py"
+fi

@@ -9,104 +9,40 @@
     mlx-local info [-m MODEL]                 this machine, and whether a model fits
     mlx-local bench [-m MODEL]                a short benchmark
 
-Errors print one line and exit 1 (``--debug`` shows the traceback). Progress
-bars go to stderr on a terminal only, and never with ``--quiet``. ``--json``
-prints data as JSON on stdout.
+The global flags (``-q/--quiet``, ``--debug``, ``--offline``) go before or
+after the command. Errors print one line and exit 1 (``--debug`` shows the
+traceback), naming the command's flags. Options are checked before a model
+loads. Progress bars, and a spinner until the first token, go to stderr on a
+terminal only, and never with ``--quiet``. ``--json`` prints data as JSON on
+stdout.
+
+The pieces: :mod:`._cli_output` (where output goes), :mod:`._cli_stream`
+(spinner, word wrap), :mod:`._cli_advice` (errors in the CLI's words),
+:mod:`._cli_chat` (the interactive chat).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import _runtime as runtime
 
 runtime.prepare()  # before anything imports mlx
 
 import mlx_local  # noqa: E402
-from mlx_local.errors import MLXLocalError  # noqa: E402
+from mlx_local.errors import InvalidOptionError, MLXLocalError  # noqa: E402
 from mlx_local._memory import format_bytes  # noqa: E402
 
+from ._cli_advice import for_the_command_line  # noqa: E402
+from ._cli_chat import CHAT_HELP, cmd_chat  # noqa: E402
+from ._cli_output import Output, check_options, generation_options, load_model, thinking_mode  # noqa: E402
+
 __all__ = ["main"]
-
-
-# --------------------------------------------------------------- output
-
-
-class Output:
-    """Where text, data, progress and errors go, per the global flags."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from rich.console import Console
-
-        self.json = getattr(args, "json", False)
-        self.quiet = args.quiet
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        if not self.out.is_terminal:  # piped: tables as wide as they need, not 80 columns
-            self.out.width = 200
-
-    @property
-    def bars(self) -> bool:
-        """Progress bars: only on a terminal, and not with --quiet."""
-        return not self.quiet and self.err.is_terminal
-
-    def note(self, text: str) -> None:
-        """A remark on stderr (never mixed with data on stdout)."""
-        if not self.quiet:
-            self.err.print(text, markup=False)
-
-    def data(self, obj: Any) -> None:
-        print(json.dumps(obj, indent=2, default=str))
-
-    @contextmanager
-    def progress(self) -> Iterator[Callable[[str, float], None] | None]:
-        """A ``progress(stage, fraction)`` callback drawing one bar per stage, or None when quiet."""
-        if not self.bars:
-            yield None
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        tasks: dict[str, Any] = {}
-        with Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), console=self.err, transient=False) as bar:
-
-            def update(stage: str, fraction: float) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=1.0)
-                bar.update(tasks[stage], completed=fraction)
-
-            yield update
-
-
-def _load(args: argparse.Namespace, out: Output) -> mlx_local.Model:
-    with out.progress() as bar:
-        model = mlx_local.Model.load(
-            args.model,
-            offline=args.offline or None,
-            quantized=not getattr(args, "original", False),
-            force=getattr(args, "force", False),
-            progress=bar if bar else (None if out.bars else False),
-        )
-    out.note(repr(model))
-    return model
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """Generation options given on the command line (unset ones keep the model's defaults)."""
-    opts = {k: getattr(args, k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed") if getattr(args, k, None) is not None}
-    return opts
-
-
-def _thinking(args: argparse.Namespace) -> bool | None:
-    return {"on": True, "off": False, None: None}[getattr(args, "think", None)]
 
 
 # ------------------------------------------------------------- generate
@@ -114,185 +50,46 @@ def _thinking(args: argparse.Namespace) -> bool | None:
 
 def cmd_generate(args: argparse.Namespace, out: Output) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model = _load(args, out)
+    if not prompt.strip():
+        raise InvalidOptionError(
+            "The prompt is empty: give it as the argument, or - to read it from stdin.", option="prompt"
+        )
+    check_options(args)  # before the model loads, not seconds after
+    model = load_model(args, out)
     if args.raw:
-        stream = model.stream(prompt, raw=True, **_options(args))
+        stream = model.stream(prompt, raw=True, **generation_options(args))
     else:
-        chat = model.chat(system=args.system, thinking=_thinking(args), thinking_budget=args.budget)
-        stream = chat.stream(prompt, **_options(args))
+        chat = model.chat(system=args.system, thinking=thinking_mode(args), thinking_budget=args.budget)
+        stream = chat.stream(prompt, **generation_options(args))
     text, thinking, last = [], [], None
-    for chunk in stream:
-        last = chunk
-        if chunk.kind == "thinking":
-            thinking.append(chunk.text)
-            if not out.json and not args.hide_thinking:
-                out.err.print(chunk.text, style="dim", end="", markup=False)
-        else:
-            text.append(chunk.text)
-            if not out.json:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
+    answer, reasoning = out.wrapped(out.out, raw=True), out.wrapped(out.err)
+    show = not out.json
+    try:
+        with out.spinner() as spinner:
+            for chunk in stream:
+                spinner.stop()
+                last = chunk
+                if chunk.kind == "thinking":
+                    thinking.append(chunk.text)
+                    if show and not args.hide_thinking:
+                        reasoning.feed(chunk.text, "dim")
+                    continue
+                reasoning.end_line()  # the thinking is over: the answer starts on a line of its own
+                text.append(chunk.text)
+                if show:
+                    answer.feed(chunk.text)
+    finally:  # also when interrupted: the shell prompt must not land on the answer's line
+        reasoning.end_line()
+        answer.flush()
+        if show and (not answer.at_line_start or not text):
+            answer.feed("\n")
     assert last is not None and last.stats is not None
     if out.json:
         out.data({"text": "".join(text), "thinking": "".join(thinking) or None,
                   "finish_reason": last.finish_reason, "stats": last.stats.as_dict(), "model": model.name})
     else:
-        sys.stdout.write("\n")
         out.note(f"[{last.finish_reason}] {last.stats}")
     return 0
-
-
-# ------------------------------------------------------------------ chat
-
-_CHAT_HELP = """\
-/think            think before answering (thinking models)
-/no_think         answer directly
-/budget N|off     at most N thinking tokens per answer
-/system TEXT      set the system prompt (/system alone clears it)
-/reset            forget the conversation
-/undo             drop the last question and answer
-/save FILE        save the conversation (JSON)
-/load FILE        load a saved conversation
-/stats            numbers of the last answer
-/help             this list
-/exit             leave (or Ctrl-D); Ctrl-C stops an answer"""
-
-
-def _history_file() -> Path:
-    from ._assets import home
-
-    return home() / "chat_history"
-
-
-@contextmanager
-def _line_editing() -> Iterator[None]:
-    """Line editing and a persistent history where the terminal allows (readline)."""
-    try:
-        import readline
-    except ImportError:  # Windows without pyreadline: plain input()
-        yield
-        return
-    history = _history_file()
-    try:
-        readline.read_history_file(history)
-    except OSError:
-        pass
-    readline.set_history_length(1000)
-    try:
-        yield
-    finally:
-        try:
-            history.parent.mkdir(parents=True, exist_ok=True)
-            readline.write_history_file(history)
-        except OSError:
-            pass
-
-
-def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[str, Any]) -> bool:
-    """Run a slash command; False means leave."""
-    name, _, rest = line.strip().partition(" ")
-    rest = rest.strip()
-    if name in ("/exit", "/quit", "/bye"):
-        return False
-    if name == "/help":
-        out.err.print(_CHAT_HELP, markup=False)
-    elif name in ("/think", "/no_think"):
-        wanted = name == "/think"
-        if wanted and chat.support == "none":
-            out.err.print(f"{chat.model.name} cannot think; /think has no effect.", markup=False, style="yellow")
-        else:
-            chat.thinking = wanted
-            out.err.print(f"thinking {'on' if wanted else 'off'}", markup=False)
-    elif name == "/budget":
-        if rest in ("off", "none", ""):
-            chat.thinking_budget = None
-        elif rest.isdigit():
-            chat.thinking_budget = int(rest)
-        else:
-            out.err.print("usage: /budget N  or  /budget off", markup=False, style="yellow")
-            return True
-        out.err.print(f"thinking budget: {chat.thinking_budget if chat.thinking_budget is not None else 'none'}", markup=False)
-    elif name == "/system":
-        chat.system = rest or None
-        out.err.print(f"system prompt {'set' if rest else 'cleared'}", markup=False)
-    elif name == "/reset":
-        chat.reset()
-        out.err.print("conversation cleared", markup=False)
-    elif name == "/undo":
-        try:
-            reply = chat.undo()
-            out.err.print(f"dropped: {reply.content[:60]!r}", markup=False)
-        except MLXLocalError as e:
-            out.err.print(str(e), markup=False, style="yellow")
-    elif name == "/save":
-        if not rest:
-            out.err.print("usage: /save FILE", markup=False, style="yellow")
-        else:
-            out.err.print(f"saved to {chat.save(rest)}", markup=False)
-    elif name == "/load":
-        if not rest:
-            out.err.print("usage: /load FILE", markup=False, style="yellow")
-        else:
-            try:
-                state["chat"] = type(chat).load(rest, chat.model)
-                out.err.print(f"loaded {rest}: {len(state['chat'].replies)} exchanges", markup=False)
-            except (MLXLocalError, OSError) as e:
-                out.err.print(str(e), markup=False, style="yellow")
-    elif name == "/stats":
-        replies = chat.replies
-        out.err.print(str(replies[-1].stats) if replies else "no answer yet", markup=False)
-    else:
-        out.err.print(f"unknown command {name}; /help lists them", markup=False, style="yellow")
-    return True
-
-
-def cmd_chat(args: argparse.Namespace, out: Output) -> int:
-    model = _load(args, out)
-    state: dict[str, Any] = {
-        "chat": model.chat(system=args.system, thinking=_thinking(args), thinking_budget=args.budget, **_options(args))
-    }
-    out.err.print(f"Chatting with {model.name}. /help for commands, Ctrl-D to leave.", markup=False, style="bold")
-    with _line_editing():
-        while True:
-            try:
-                line = input(">>> ")
-            except EOFError:
-                out.err.print()
-                return 0
-            except KeyboardInterrupt:
-                out.err.print("^C (Ctrl-D or /exit to leave)", markup=False)
-                continue
-            if not line.strip():
-                continue
-            if line.startswith("/") and line.split()[0] not in ("/", "//"):
-                try:
-                    if not _chat_command(line, state["chat"], out, state):
-                        return 0
-                except MLXLocalError as e:
-                    out.err.print(str(e), markup=False, style="yellow")
-                continue
-            _answer(state["chat"], line, args, out)
-
-
-def _answer(chat: "mlx_local.Chat", line: str, args: argparse.Namespace, out: Output) -> None:
-    thinking_open = False
-    try:
-        for chunk in chat.stream(line):
-            if chunk.kind == "thinking":
-                if not args.hide_thinking:
-                    out.out.print(chunk.text, style="dim", end="", markup=False)
-                    thinking_open = True
-                continue
-            if thinking_open:
-                out.out.print("\n")
-                thinking_open = False
-            out.out.print(chunk.text, end="", markup=False)
-        out.out.print()
-    except KeyboardInterrupt:
-        out.out.print()
-        out.err.print("[stopped; that answer was not kept]", markup=False, style="yellow")
-    except MLXLocalError as e:
-        out.err.print(str(e), markup=False, style="yellow")
 
 
 # --------------------------------------------------------------- convert
@@ -314,6 +111,53 @@ def cmd_convert(args: argparse.Namespace, out: Output) -> int:
 
 # ---------------------------------------------------------------- models
 
+#: The catalog table's columns: (header, justify), in display order.
+_COLUMNS = (("name", "left"), ("lab", "left"), ("params", "right"), ("context", "right"), ("thinks", "left"),
+            ("license", "left"), ("commercial", "left"), ("needs", "right"), ("fits", "left"), ("on disk", "right"))
+#: Left out first when the terminal is too narrow; the name never is.
+_DROP_ORDER = ("commercial", "lab", "context", "params", "license", "thinks", "on disk", "needs", "fits")
+
+
+def _catalog_row(r: mlx_local.CatalogModel) -> dict[str, str]:
+    e = r.entry
+    return {
+        "name": e.name, "lab": e.lab, "params": f"{e.parameters / 1e9:.2f}B", "context": f"{e.context_length // 1024}K",
+        "thinks": {"none": "", "switchable": "yes", "always": "always"}[e.thinking],
+        "license": e.licence.id + (" (gated)" if e.gated else ""), "commercial": e.licence.commercial,
+        "needs": format_bytes(r.memory.total), "fits": "yes" if r.fits else "[red]no[/red]",
+        "on disk": format_bytes(r.size_on_disk) if r.local else "",
+    }  # fmt: skip
+
+
+def _fitted_table(title: str, rows: list[dict[str, str]], console: Any) -> tuple[Any, list[str]]:
+    """The catalog table as wide as the console allows, and the columns left out for it.
+
+    Columns are left out in ``_DROP_ORDER`` until the table's natural width
+    fits; the name is never left out, cut or wrapped.
+    """
+    from rich.table import Table
+
+    def build(headers: list[str]) -> Table:
+        table = Table(title=title)
+        for header, justify in _COLUMNS:
+            if header in headers:
+                wide = max([len(header), *(len(row[header]) for row in rows)]) if header == "name" else None
+                table.add_column(header, justify=justify, no_wrap=header == "name", min_width=wide)  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(*(row[h] for h in headers))
+        return table
+
+    headers = [h for h, _ in _COLUMNS]
+    dropped: list[str] = []
+    table = build(headers)
+    for header in _DROP_ORDER:
+        if console.measure(table, options=console.options.update(max_width=10_000)).maximum <= console.width:
+            break
+        headers.remove(header)
+        dropped.append(header)
+        table = build(headers)
+    return table, dropped
+
 
 def cmd_models(args: argparse.Namespace, out: Output) -> int:
     rows = mlx_local.models(
@@ -324,23 +168,12 @@ def cmd_models(args: argparse.Namespace, out: Output) -> int:
     if out.json:
         out.data({"catalog": [r.as_dict() for r in rows], "other_local_models": [m.as_dict() for m in local]})
         return 0
-    from rich.table import Table
-
-    table = Table(title=f"Catalog (memory at {args.context} tokens, {'original' if args.original else 'MLX 4-bit'})")
-    for col, justify in (("name", "left"), ("lab", "left"), ("params", "right"), ("context", "right"),
-                         ("thinks", "left"), ("licence", "left"), ("commercial", "left"), ("needs", "right"),
-                         ("fits", "left"), ("on disk", "right")):  # fmt: skip
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        e = r.entry
-        table.add_row(
-            e.name, e.lab, f"{e.parameters / 1e9:.2f}B", f"{e.context_length // 1024}K",
-            {"none": "", "switchable": "yes", "always": "always"}[e.thinking],
-            e.licence.id + (" (gated)" if e.gated else ""), e.licence.commercial,
-            format_bytes(r.memory.total), "yes" if r.fits else "[red]no[/red]",
-            format_bytes(r.size_on_disk) if r.local else "",
-        )  # fmt: skip
+    title = f"Catalog (memory at {args.context} tokens, {'original' if args.original else 'MLX 4-bit'})"
+    table, dropped = _fitted_table(title, [_catalog_row(r) for r in rows], out.out)
     out.out.print(table)
+    if dropped:
+        left_out = ", ".join(dropped)
+        out.note(f"(left out to fit {out.out.width} columns: {left_out}; a wider terminal or --json shows them)")
     if local:
         out.out.print("\nOther models on disk:")
         for m in local:
@@ -390,8 +223,12 @@ def cmd_info(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--tokens", args.tokens), ("--runs", args.runs)):
+        if value < 1:
+            option = flag[2:].replace("-", "_")
+            raise InvalidOptionError(f"{flag} {value}: give a whole number, 1 or more.", option=option)
     start = time.perf_counter()
-    model = _load(args, out)
+    model = load_model(args, out)
     load_s = time.perf_counter() - start
     words = ("The river town kept a record of every flood, fair and harvest for three hundred years. " * 200)
     prompt = model.encode(words, raw=True)[: args.prompt_tokens]
@@ -434,12 +271,24 @@ def cmd_assets(args: argparse.Namespace, out: Output) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def _parser() -> argparse.ArgumentParser:
+def _global_options(top: bool) -> argparse.ArgumentParser:
+    """The global flags, accepted before the command and after it.
+
+    The top-level parser owns their defaults (False); each command's copy uses
+    SUPPRESS, so that it sets a flag only when given there and never puts the
+    default back over one given before the command (``mlx-local --offline generate``).
+    """
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("global options")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or remarks on stderr")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
-    g.add_argument("--offline", action="store_true", help="never use the network (as HF_HUB_OFFLINE=1)")
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or remarks on stderr", **default)
+    g.add_argument("--debug", action="store_true", help="show tracebacks", **default)
+    g.add_argument("--offline", action="store_true", help="never use the network (as HF_HUB_OFFLINE=1)", **default)
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _global_options(top=False)
 
     def model_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("-m", "--model", default=os.environ.get("MLX_LOCAL_MODEL") or None,
@@ -463,7 +312,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--hide-thinking", action="store_true", help="do not show the thinking")
 
     parser = argparse.ArgumentParser(
-        prog="mlx-local", description="Run open-weight language models locally, on MLX.", parents=[common],
+        prog="mlx-local", description="Run open-weight language models locally, on MLX.",
+        parents=[_global_options(top=True)],
         epilog="Run `mlx-local COMMAND --help` for a command's options.",
     )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"mlx_local {mlx_local.__version__}")
@@ -475,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = add("chat", "talk with a model", cmd_chat,
-            "Talk with a model. The answer streams; thinking shows dimmed. Slash commands:\n" + _CHAT_HELP)  # fmt: skip
+            "Talk with a model. The answer streams; thinking shows dimmed. Slash commands:\n" + CHAT_HELP)  # fmt: skip
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     load_args(p)
     gen_args(p)
@@ -503,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("models", "the catalog and what is on disk", cmd_models)
     p.add_argument("--lab", help="part of the lab's name (qwen, meta, google, ...)")
-    p.add_argument("--licence", "--license", dest="licence", help="licence id (apache-2.0, mit, ...) or 'commercial'")
+    p.add_argument("--license", "--licence", dest="licence", help="license id (apache-2.0, mit, ...) or 'commercial'")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None, help="thinking models only (or none)")
     p.add_argument("--fits", action="store_true", help="only models that fit this machine")
     p.add_argument("--downloaded", action="store_true", help="only models on disk")
@@ -550,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     except MLXLocalError as e:
         if args.debug:
             raise
-        out.err.print(f"error: {e}", markup=False, style="red")
+        out.err.print(f"error: {for_the_command_line(str(e), args.command)}", markup=False, style="red")
         return 1
     except KeyboardInterrupt:
         if args.debug:

@@ -321,9 +321,10 @@ class Chat:
         template_kwargs = toolset.template_kwargs() if toolset else {}
         prompt = self.model.template.prompt(messages, thinking=mode if self.support != "none" else None, **template_kwargs)
         processors = list(logits_processors)
-        constraint, grammar = self.model.constrain(schema, choices, pattern, thinking_open=prompt.thinking_open)
+        constraint, grammar = self.model.constrain(schema, choices, pattern, thinking_open=prompt.thinking_open,
+                                                   may_think=mode)  # fmt: skip
         if toolset is not None and constraint is None and (call_grammar := toolset.grammar()) is not None:
-            grammar = self.model.grammar_processor(call_grammar, thinking_open=prompt.thinking_open)
+            grammar = self.model.grammar_processor(call_grammar, thinking_open=prompt.thinking_open, may_think=mode)
         if grammar:
             opts = opts.updated(stop_loops=False)  # a constrained answer may repeat itself legitimately
         processors += grammar

@@ -123,7 +123,7 @@ def _catalog_row(r: mlx_local.CatalogModel) -> dict[str, str]:
     return {
         "name": e.name, "lab": e.lab, "params": f"{e.parameters / 1e9:.2f}B", "context": f"{e.context_length // 1024}K",
         "thinks": {"none": "", "switchable": "yes", "always": "always"}[e.thinking],
-        "license": e.licence.id + (" (gated)" if e.gated else ""), "commercial": e.licence.commercial,
+        "license": e.license.id + (" (gated)" if e.gated else ""), "commercial": e.license.commercial,
         "needs": format_bytes(r.memory.total), "fits": "yes" if r.fits else "[red]no[/red]",
         "on disk": format_bytes(r.size_on_disk) if r.local else "",
     }  # fmt: skip
@@ -161,10 +161,10 @@ def _fitted_table(title: str, rows: list[dict[str, str]], console: Any) -> tuple
 
 def cmd_models(args: argparse.Namespace, out: Output) -> int:
     rows = mlx_local.models(
-        lab=args.lab, licence=args.licence, thinking=args.thinking, fits=True if args.fits else None,
+        lab=args.lab, license=args.license, thinking=args.thinking, fits=True if args.fits else None,
         downloaded=True if args.downloaded else None, quantized=not args.original, context=args.context,
     )  # fmt: skip
-    local = [m for m in mlx_local.local_models() if m.entry is None] if not (args.lab or args.licence) else []
+    local = [m for m in mlx_local.local_models() if m.entry is None] if not (args.lab or args.license) else []
     if out.json:
         out.data({"catalog": [r.as_dict() for r in rows], "other_local_models": [m.as_dict() for m in local]})
         return 0
@@ -353,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("models", "the catalog and what is on disk", cmd_models)
     p.add_argument("--lab", help="part of the lab's name (qwen, meta, google, ...)")
-    p.add_argument("--license", "--licence", dest="licence", help="license id (apache-2.0, mit, ...) or 'commercial'")
+    p.add_argument("--license", "--licence", dest="license", help="license id (apache-2.0, mit, ...) or 'commercial'")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None, help="thinking models only (or none)")
     p.add_argument("--fits", action="store_true", help="only models that fit this machine")
     p.add_argument("--downloaded", action="store_true", help="only models on disk")

@@ -150,6 +150,7 @@ class Decoder:
         inside: ChunkKind | None = None,
         stop: Sequence[str] = (),
         loops: bool = True,
+        text_tags: Sequence[tuple[ChunkKind, str, str]] = (),
     ) -> None:
         self._detok = detokenizer
         self._detok.reset()
@@ -171,11 +172,18 @@ class Decoder:
         self._segment = ""  # the raw text of the current non-content segment
         #: the raw text of each finished thinking / tool-call segment, in order
         self.segments: dict[ChunkKind, list[str]] = {}
+        # Tags that are ordinary text (several tokens that BPE may merge with
+        # their neighbours, e.g. "<tool_call>" for a model without such a
+        # token) are found in the decoded answer instead of in the ids.
+        self._text_tags = tuple(text_tags)
+        self._text_tag: tuple[ChunkKind, str, str] | None = None  # the one open now
+        self._tag_text = ""  # raw text inside it so far
+        self._tag_emitted = 0
 
     @property
     def channel(self) -> ChunkKind:
         """The channel the next token belongs to."""
-        return self._channels.channel
+        return self._text_tag[0] if self._text_tag is not None else self._channels.channel
 
     def add(self, token: int, logprob: TokenLogprob | None = None) -> list[Chunk]:
         """Chunks for one more generated token (often none: text is held until it is whole)."""
@@ -220,7 +228,9 @@ class Decoder:
                 self._detok.add_token(tid)
             self._detok.finalize()
             out += self._text(self._detok.last_segment, final=True)
-            if self.channel != "content":  # a block the output never closed
+            if self._text_tag is not None:  # a call the output never closed
+                self.segments.setdefault(self._text_tag[0], []).append(self._tag_text)
+            elif self.channel != "content":  # a block the output never closed
                 self.segments.setdefault(self.channel, []).append(self._segment)
         self._held_blank = ""
         return out + [self._chunk(self._content[self._emitted :], "content", finish=True)]
@@ -247,7 +257,7 @@ class Decoder:
     def _text(self, text: str, final: bool = False, kind: ChunkKind | None = None) -> list[Chunk]:
         if not text:
             return []
-        kind = kind or self.channel
+        kind = kind or self._channels.channel
         if kind != "content":
             self._segment += text
         if not self._started:
@@ -261,22 +271,51 @@ class Decoder:
             body = text.rstrip()
             self._held_blank = text[len(body) :]
             return [self._chunk(body, kind)] if body else []
+        if self._text_tag is not None:
+            return self._in_text_tag(text, final)
+        return self._answer(text, final)
+
+    def _answer(self, text: str, final: bool) -> list[Chunk]:
         self._content += text
         self._channels.answer_started = self._channels.answer_started or bool(text.strip())
-        if self._stops:
-            cut = min((i for i in (self._content.find(s, self._emitted) for s in self._stops) if i >= 0), default=-1)
-            if cut >= 0:
-                self._content = self._content[:cut]
-                self.finish_reason = "stop_string"
-                return []
-            safe = len(self._content) if final else len(self._content) - _held_back(self._content, self._stops)
-        else:
-            safe = len(self._content)
-        if safe <= self._emitted:
+        content, start = self._content, self._emitted
+        cut = min((i for i in (content.find(s, start) for s in self._stops) if i >= 0), default=-1)
+        opened = min(((i, tag) for tag in self._text_tags if (i := content.find(tag[1], start)) >= 0), default=None)
+        if cut >= 0 and (opened is None or cut <= opened[0]):
+            self._content = content[:cut]
+            self.finish_reason = "stop_string"
             return []
-        piece = self._content[self._emitted : safe]
+        if opened is not None:
+            at, tag = opened
+            rest, self._content = content[at + len(tag[1]) :], content[:at]
+            out = [self._chunk(self._content[start:], "content")] if at > start else []
+            self._emitted = at
+            self._text_tag, self._tag_text, self._tag_emitted = tag, "", 0
+            self.opened.add(tag[0])
+            return out + (self._in_text_tag(rest, final) if rest else [])
+        hold = 0 if final else max(_held_back(content, self._stops), _held_back(content, [t[1] for t in self._text_tags]))
+        safe = len(content) - hold
+        if safe <= start:
+            return []
         self._emitted = safe
-        return [self._chunk(piece, "content")]
+        return [self._chunk(content[start:safe], "content")]
+
+    def _in_text_tag(self, text: str, final: bool) -> list[Chunk]:
+        assert self._text_tag is not None
+        kind, _, close = self._text_tag
+        self._tag_text += text
+        end = self._tag_text.find(close)
+        if end >= 0:
+            body, rest = self._tag_text[:end], self._tag_text[end + len(close) :]
+            out = [self._chunk(body[self._tag_emitted :], kind)] if len(body) > self._tag_emitted else []
+            self.segments.setdefault(kind, []).append(body)
+            self._text_tag = None
+            return out + (self._answer(rest, final) if rest else [])
+        safe = len(self._tag_text) - (0 if final else _held_back(self._tag_text, [close]))
+        if safe <= self._tag_emitted:
+            return []
+        piece, self._tag_emitted = self._tag_text[self._tag_emitted : safe], safe
+        return [self._chunk(piece, kind)]
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:

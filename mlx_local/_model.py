@@ -238,7 +238,7 @@ class Model:
     # ----------------------------------------------------------- generating
 
     def constrain(self, schema: Any = None, choices: Any = None, pattern: Any = None, *,
-                  thinking_open: bool = False) -> tuple[Any, list[Any]]:
+                  thinking_open: bool = False, may_think: bool = True) -> tuple[Any, list[Any]]:
         """The constraint for ``schema`` / ``choices`` / ``pattern`` and its logits processor (or ``(None, [])``).
 
         Checked here, before any token is generated (see :mod:`mlx_local._structured`).
@@ -250,15 +250,20 @@ class Model:
             return None, []
         option = "schema" if constraint.kind == "json" else constraint.kind
         check_constraint(constraint.grammar, grammar_tokenizer(self), option)
-        return constraint, self.grammar_processor(constraint.grammar, thinking_open=thinking_open)
+        return constraint, self.grammar_processor(constraint.grammar, thinking_open=thinking_open, may_think=may_think)
 
-    def grammar_processor(self, grammar: str, *, thinking_open: bool = False) -> list[Any]:
-        """A logits processor keeping the answer (after any thinking) inside an llguidance ``grammar``."""
+    def grammar_processor(self, grammar: str, *, thinking_open: bool = False, may_think: bool = True) -> list[Any]:
+        """A logits processor keeping the answer (after any thinking) inside an llguidance ``grammar``.
+
+        ``may_think``: the model may open a think block before answering
+        (False when thinking is switched off).
+        """
         from ._structured import GrammarProcessor, grammar_tokenizer
 
         tags = self.think_tags
+        think = (tags.start_id, tags.end_id) if tags and (may_think or thinking_open) else None
         return [GrammarProcessor(
-            grammar_tokenizer(self), grammar, think=(tags.start_id, tags.end_id) if tags else None,
+            grammar_tokenizer(self), grammar, think=think,
             thinking_open=thinking_open, on_gpu=self.runtime.backend == "metal",
         )]  # fmt: skip
 
@@ -336,8 +341,13 @@ class Model:
             cache, cached = make_prompt_cache(self.module), 0
         tags = self.think_tags
         channels = [ChannelTag("thinking", (tags.start_id,), (tags.end_id,), leading=True)] if tags else []
+        text_tags: list[Any] = []
         if tools is not None and tools.choice != "none":
-            channels.append(ChannelTag("tool_call", *tools.tag_ids()))
+            open_ids, close_ids = tools.tag_ids()
+            if len(open_ids) == 1 and len(close_ids) == 1:  # tags that are tokens of their own
+                channels.append(ChannelTag("tool_call", open_ids, close_ids))
+            else:  # text the tokenizer may merge with what follows: matched in the decoded text
+                text_tags.append(("tool_call", tools.open, tools.close))
         decoder = Decoder(
             self.tokenizer.detokenizer,
             eos_ids=self.tokenizer.eos_token_ids,
@@ -345,6 +355,7 @@ class Model:
             inside="thinking" if thinking_open else None,
             stop=opts.stop,
             loops=opts.stop_loops,
+            text_tags=text_tags,
         )
         mx.reset_peak_memory()
         if opts.seed is not None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import device, median, write
-
 import mlx_local
+
+from common import device, median, write
 
 QUESTIONS = [
     "Hi! My name is Ada. I'd like to plan a trip.",

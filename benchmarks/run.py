@@ -53,10 +53,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import common  # first: `import mlx_local` picks the BLAS before mlx loads
 import mlx_local
 
 import charts
+import common  # first: `import mlx_local` picks the BLAS before mlx loads
 import memory
 import models
 import speed

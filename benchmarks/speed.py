@@ -57,7 +57,7 @@ class Workload:
         self.note = note  # why it differs from the full workload, if it does
 
     @staticmethod
-    def full(lengths: list[int], decode_tokens: int) -> "Workload":
+    def full(lengths: list[int], decode_tokens: int) -> Workload:
         return Workload([(lengths[0], decode_tokens)] + [(n, 1) for n in lengths[1:]])
 
     def as_dict(self) -> dict[str, Any]:

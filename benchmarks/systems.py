@@ -34,11 +34,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-import mlx_local  # first: it picks the BLAS before mlx loads
-import mlx_local.types
-
 import mlx.core as mx
 from mlx.utils import tree_flatten
+
+import mlx_local  # first: it picks the BLAS before mlx loads
+import mlx_local.types
 
 SYSTEMS = ("mlx_local", "mlx_lm_ours", "mlx_lm")
 LABELS = {

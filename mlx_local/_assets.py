@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import ModelNotFoundError
 from ._fileio import DestinationExists, sha256_of, staged_folder, storage_errors
+from .errors import ModelNotFoundError
 
 __all__ = ["ASSETS", "Asset", "home", "fetch", "path"]
 
@@ -173,11 +173,11 @@ def _extract(archive: Path, members: dict[str, str], into: Path) -> None:
     else:
         with tarfile.open(archive, "r:gz") as t:
             for member, dest in members.items():
-                src = t.extractfile(member)
-                if src is None:
+                member_file = t.extractfile(member)
+                if member_file is None:
                     raise KeyError(member)
-                with src, open(into / dest, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
+                with member_file, open(into / dest, "wb") as out:
+                    shutil.copyfileobj(member_file, out, 1 << 20)
 
 
 def fetch(name: str, *, progress: Callable[[str, float], None] | None = None) -> Path:

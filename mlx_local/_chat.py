@@ -101,7 +101,7 @@ class Chat:
         reuse_cache: reuse KV caches between turns through
             ``model.prompt_cache`` (default True).
         **default_options: generation options for every turn (see
-            :class:`~mlx_local.GenerationOptions`).
+            :class:`~mlx_local.types.GenerationOptions`).
 
     >>> chat = model.chat(system="You are terse.")      # doctest: +SKIP
     >>> chat.send("My name is Ada.").content            # doctest: +SKIP
@@ -110,7 +110,7 @@ class Chat:
 
     def __init__(
         self,
-        model: "Model",
+        model: Model,
         *,
         system: str | None = None,
         thinking: bool | None = None,
@@ -416,7 +416,7 @@ class Chat:
         return write_text_atomic(Path(path).expanduser(), json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: "Model") -> "Chat":
+    def load(cls, path: str | os.PathLike[str], model: Model) -> Chat:
         """A chat saved by :meth:`save` (this version or the one before), continuing exactly where it was."""
         path = Path(path).expanduser()
         try:

@@ -24,10 +24,12 @@ The pieces: :mod:`._cli_output` (where output goes), :mod:`._cli_stream`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from . import _runtime as runtime
@@ -35,8 +37,9 @@ from . import _runtime as runtime
 runtime.prepare()  # before anything imports mlx
 
 import mlx_local  # noqa: E402
-from mlx_local.errors import InvalidOptionError, MLXLocalError  # noqa: E402
+import mlx_local.types  # noqa: E402
 from mlx_local._memory import format_bytes  # noqa: E402
+from mlx_local.errors import InvalidOptionError, MLXLocalError, OutputError  # noqa: E402
 
 from ._cli_advice import for_the_command_line  # noqa: E402
 from ._cli_chat import CHAT_HELP, cmd_chat  # noqa: E402
@@ -55,12 +58,13 @@ def cmd_generate(args: argparse.Namespace, out: Output) -> int:
             "The prompt is empty: give it as the argument, or - to read it from stdin.", option="prompt"
         )
     check_options(args)  # before the model loads, not seconds after
+    schema = _read_schema(args.schema)
     model = load_model(args, out)
     if args.raw:
-        stream = model.stream(prompt, raw=True, **generation_options(args))
+        stream = model.stream(prompt, raw=True, schema=schema, **generation_options(args))
     else:
         chat = model.chat(system=args.system, thinking=thinking_mode(args), thinking_budget=args.budget)
-        stream = chat.stream(prompt, **generation_options(args))
+        stream = chat.stream(prompt, schema=schema, **generation_options(args))
     text, thinking, last = [], [], None
     answer, reasoning = out.wrapped(out.out, raw=True), out.wrapped(out.err)
     show = not out.json
@@ -84,12 +88,32 @@ def cmd_generate(args: argparse.Namespace, out: Output) -> int:
         if show and (not answer.at_line_start or not text):
             answer.feed("\n")
     assert last is not None and last.stats is not None
+    if schema is not None and last.finish_reason != "stop":
+        raise OutputError(f"The JSON answer was cut short ({last.finish_reason}) and is not whole; raise --max-tokens.",
+                          text="".join(text))  # fmt: skip
     if out.json:
-        out.data({"text": "".join(text), "thinking": "".join(thinking) or None,
-                  "finish_reason": last.finish_reason, "stats": last.stats.as_dict(), "model": model.name})
+        answer_text = "".join(text)
+        data: dict[str, Any] = {"text": answer_text, "thinking": "".join(thinking) or None,
+                                "finish_reason": last.finish_reason, "stats": last.stats.as_dict(), "model": model.name}
+        if schema is not None:
+            data["parsed"] = json.loads(answer_text)
+        out.data(data)
     else:
         out.note(f"[{last.finish_reason}] {last.stats}")
     return 0
+
+
+def _read_schema(arg: str | None) -> Any:
+    """The JSON schema of ``--schema FILE`` (or ``json``: any JSON object), read before the model loads."""
+    if arg is None or arg == "json":
+        return arg
+    path = Path(arg).expanduser()
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidOptionError(f"--schema {arg}: no such file.", option="schema") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidOptionError(f"--schema {arg} is not a readable JSON file ({e}).", option="schema") from None
 
 
 # --------------------------------------------------------------- convert
@@ -118,7 +142,7 @@ _COLUMNS = (("name", "left"), ("lab", "left"), ("params", "right"), ("context", 
 _DROP_ORDER = ("commercial", "lab", "context", "params", "license", "thinks", "on disk", "needs", "fits")
 
 
-def _catalog_row(r: mlx_local.CatalogModel) -> dict[str, str]:
+def _catalog_row(r: mlx_local.types.CatalogModel) -> dict[str, str]:
     e = r.entry
     return {
         "name": e.name, "lab": e.lab, "params": f"{e.parameters / 1e9:.2f}B", "context": f"{e.context_length // 1024}K",
@@ -335,6 +359,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="the prompt, or - to read it from stdin")
     p.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    p.add_argument("--schema", metavar="FILE.json", help="answer in JSON that fits this JSON Schema file ('json': any object)")
     load_args(p)
     gen_args(p)
 

@@ -68,12 +68,12 @@ def _clip(text: str, size: int = 60) -> str:
     return text if len(text) <= size else text[: size - 1] + "…"
 
 
-def _say_budget(chat: "mlx_local.Chat", out: Output) -> None:
+def _say_budget(chat: mlx_local.Chat, out: Output) -> None:
     budget = chat.thinking_budget
     out.err.print(f"thinking budget: {'none' if budget is None else _count(budget, 'token')}", markup=False)
 
 
-def _chat_command(line: str, chat: "mlx_local.Chat", out: Output, state: dict[str, Any]) -> bool:
+def _chat_command(line: str, chat: mlx_local.Chat, out: Output, state: dict[str, Any]) -> bool:
     """Run a slash command; False means leave."""
     name, _, rest = line.strip().partition(" ")
     rest = rest.strip()
@@ -166,7 +166,7 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
             _answer(state["chat"], line, args, out)
 
 
-def _answer(chat: "mlx_local.Chat", line: str, args: argparse.Namespace, out: Output) -> None:
+def _answer(chat: mlx_local.Chat, line: str, args: argparse.Namespace, out: Output) -> None:
     text = out.wrapped(out.out)
     thinking_open = False
     try:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import mlx_local
+import mlx_local.types
 from mlx_local.errors import InvalidOptionError
 
 from ._cli_stream import Spinner, WordWrap
@@ -139,7 +140,7 @@ def check_options(args: argparse.Namespace) -> None:
     Raises:
         InvalidOptionError: the option at fault, in the library's words.
     """
-    mlx_local.GenerationOptions().updated(**generation_options(args))
+    mlx_local.types.GenerationOptions().updated(**generation_options(args))
     budget = getattr(args, "budget", None)
     if budget is not None and budget < 0:
         raise InvalidOptionError(

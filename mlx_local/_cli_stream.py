@@ -44,7 +44,7 @@ class Spinner:
         except (UnicodeEncodeError, LookupError):
             self.frames = self.ASCII_FRAMES
 
-    def start(self) -> "Spinner":
+    def start(self) -> Spinner:
         if self.enabled and self._thread is None:
             self._thread = threading.Thread(target=self._spin, name="mlx-local-spinner", daemon=True)
             self._thread.start()
@@ -68,7 +68,7 @@ class Spinner:
         self.stream.write("\r\x1b[K")  # back to the line's start, erase it
         self.stream.flush()
 
-    def __enter__(self) -> "Spinner":
+    def __enter__(self) -> Spinner:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

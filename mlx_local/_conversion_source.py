@@ -112,7 +112,7 @@ def read_json(file: Path) -> dict[str, Any]:
 
 
 def check_model(folder: Path) -> dict[str, Any]:
-    from ._loading import check_weights, _model_classes, read_config
+    from ._loading import _model_classes, check_weights, read_config
 
     config = read_config(folder)
     _model_classes(config, folder)

@@ -28,13 +28,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ._version import __version__
-from .errors import InvalidOptionError
-from ._fileio import DestinationExists, Stage, clear_stale, staged_folder, storage_errors
-from ._quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Reference, check_runs, text_digest
-from ._quantize import build, candidate, dequantize
-from ._recipes import DEFAULT_MAX_KL, EARLY_REJECT, check_options, plans as make_plans
-from ._report import Candidate, ConversionReport
 from ._conversion_source import (
     Source,
     check_model,
@@ -47,6 +40,14 @@ from ._conversion_source import (
     resolve,
     source_dtype,
 )
+from ._fileio import DestinationExists, Stage, clear_stale, staged_folder, storage_errors
+from ._quality import DEFAULT_TOKENS, DEFAULT_WINDOW, Reference, check_runs, text_digest
+from ._quantize import build, candidate, dequantize
+from ._recipes import DEFAULT_MAX_KL, EARLY_REJECT, check_options
+from ._recipes import plans as make_plans
+from ._report import Candidate, ConversionReport
+from ._version import __version__
+from .errors import InvalidOptionError
 
 # (Candidate and ConversionReport are re-exported: the package imports them from here.)
 __all__ = ["Candidate", "ConversionReport", "convert"]

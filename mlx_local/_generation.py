@@ -59,7 +59,7 @@ class GenerationOptions:
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
-    def from_generation_config(cls, gc: dict[str, Any]) -> "GenerationOptions":
+    def from_generation_config(cls, gc: dict[str, Any]) -> GenerationOptions:
         """Defaults from a model's ``generation_config.json``.
 
         As in transformers, sampling settings apply only when ``do_sample`` is
@@ -80,7 +80,7 @@ class GenerationOptions:
         except InvalidOptionError:
             return cls()  # a model's odd defaults must not make it unusable
 
-    def updated(self, **changes: Any) -> "GenerationOptions":
+    def updated(self, **changes: Any) -> GenerationOptions:
         """A copy with ``changes`` applied and checked."""
         unknown = set(changes) - self.names()
         if unknown:

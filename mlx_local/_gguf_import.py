@@ -40,12 +40,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._version import __version__
 from ._assets import home
-from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError, UnsupportedArchitectureError
 from ._fileio import sha256_of, staged_folder, storage_errors
 from ._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
 from ._gguf_reader import Gguf, read_gguf
+from ._version import __version__
+from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError, UnsupportedArchitectureError
 
 __all__ = ["WEIGHT_MODES", "import_gguf", "cached_import_folder", "planned_weights"]
 
@@ -204,6 +204,7 @@ def _mlx_name(gguf_name: str, arch: str) -> str | None:
     if not m:
         return None
     kind = m.group(2)
+    layer: str | None
     if kind == "ffn_norm":  # the norm before the MLP: Gemma has one after attention too
         layer = "pre_feedforward_layernorm" if arch == "gemma3" else "post_attention_layernorm"
     else:
@@ -214,7 +215,8 @@ def _mlx_name(gguf_name: str, arch: str) -> str | None:
 def _unpermute(rows: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (rows may be packed quantized data)."""
     n = rows.shape[0]
-    return rows.reshape(n_head, n // n_head // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+    out: np.ndarray = rows.reshape(n_head, n // n_head // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+    return out
 
 
 def _requant_bits(qtype: Any) -> int:
@@ -298,7 +300,7 @@ def _convert_tensors(
         bits, exact = _stored_bits(qtype, name, shape, weights_mode)
 
         if exact:
-            wq, scales, biases = to_mlx_affine(np.asarray(t.data), qtype, shape)
+            wq, scales, biases = to_mlx_affine(np.asarray(t.data), qtype, (shape[0], shape[-1]))
             if perm_heads:
                 wq, scales, biases = (_unpermute(a, perm_heads) for a in (wq, scales, biases))
             weights[name] = mx.array(wq)
@@ -316,10 +318,10 @@ def _convert_tensors(
             w = _unpermute(w, perm_heads)
         if norm_plus_one and name.endswith("norm.weight"):
             w = w.astype(np.float32) - 1.0
-        arr = mx.array(w)
+        arr: Any = mx.array(w)
         if bits is not None:
-            wq, scales, biases = mx.quantize(arr, group_size=GROUP_SIZE, bits=bits)
-            weights[name], weights[f"{prefix}.scales"], weights[f"{prefix}.biases"] = wq, scales, biases
+            requantized = mx.quantize(arr, group_size=GROUP_SIZE, bits=bits)
+            weights[name], weights[f"{prefix}.scales"], weights[f"{prefix}.biases"] = requantized
             layer_quant[prefix] = {"group_size": GROUP_SIZE, "bits": bits}
             summary[f"{qtype.name} -> {bits}-bit (requantized)"] += 1
         else:
@@ -379,7 +381,7 @@ def _tokenizer(g: Gguf, out: Path) -> list[int]:
             pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
             special_tokens=[(bos, int(md["tokenizer.ggml.bos_token_id"]))],
         )
-    tok = PreTrainedTokenizerFast(
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=backend,
         bos_token=bos,
         eos_token=token("eos_token_id"),

@@ -86,7 +86,8 @@ def _nibbles(qs: np.ndarray) -> np.ndarray:
 
 def _high_bits(qh: np.ndarray) -> np.ndarray:
     """(n, 4) bytes of a little-endian uint32 -> (n, 32) with bit i << 4."""
-    return np.unpackbits(qh, axis=-1, bitorder="little") << np.uint8(4)
+    out: np.ndarray = np.unpackbits(qh, axis=-1, bitorder="little") << np.uint8(4)
+    return out
 
 
 def _q4_0(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,7 +137,8 @@ def _k_scales(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _k_low(qs: np.ndarray) -> np.ndarray:
     """(n, 128) bytes -> (n, 256): each 32-byte chunk gives two sub-blocks."""
     qs = qs.reshape(-1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
-    return (qs & np.uint8(0x0F)).reshape(-1, 256)
+    out: np.ndarray = (qs & np.uint8(0x0F)).reshape(-1, 256)
+    return out
 
 
 def _q4_k(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,12 +173,14 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
     if bits == 8:
         return q
     if bits == 4:
-        return q[:, 0::2] | (q[:, 1::2] << np.uint8(4))
+        out: np.ndarray = q[:, 0::2] | (q[:, 1::2] << np.uint8(4))
+        return out
     # General case: 8 values fill exactly ``bits`` bytes, so build them in a
     # uint64 and keep its low ``bits`` bytes.
     shifts = np.arange(0, 8 * bits, bits, dtype=np.uint64)
     words = np.bitwise_or.reduce(q.reshape(rows, -1, 8).astype(np.uint64) << shifts, axis=-1)
-    return words.astype("<u8").view(np.uint8).reshape(rows, -1, 8)[..., :bits].reshape(rows, -1)
+    packed: np.ndarray = words.astype("<u8").view(np.uint8).reshape(rows, -1, 8)[..., :bits].reshape(rows, -1)
+    return packed
 
 
 def to_mlx_affine(

@@ -97,8 +97,8 @@ class _GgufParser:
     def __init__(self, path: Path) -> None:
         self.path = path
         # (numpy cannot map an empty file; parse() rejects it as too short)
-        self.map = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.empty(0, np.uint8)
-        self.buf = memoryview(self.map)
+        self.map: np.ndarray = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.empty(0, np.uint8)
+        self.buf = memoryview(self.map.data)
         self.size = len(self.buf)
 
     def need(self, off: int, n: int, what: str) -> None:
@@ -144,7 +144,7 @@ class _GgufParser:
             end = off + n * dtype.itemsize
             values = np.frombuffer(self.buf[off:end], dtype)
             out.extend((values != 0 if itype == _GGUF_BOOL else values).tolist())
-            return end
+            return int(end)
         if itype == _GGUF_STRING:
             return self.strings(off, n, what, out)
         for _ in range(n):
@@ -156,7 +156,7 @@ class _GgufParser:
         buf, size, unpack, append = self.buf, self.size, _U64.unpack_from, out.append
         i = 0
         try:
-            for i in range(n):
+            for i in range(n):  # noqa: B007 (i names the element at fault below)
                 (length,) = unpack(buf, off)
                 end = off + 8 + length
                 if end > size:
@@ -257,8 +257,8 @@ class _GgufParser:
                     raise _Malformed(
                         f"tensor {name!r} of shape {list(dims)} is not made of whole {qtype.name} blocks"
                     )
-                np_shape, dtype = (*np_shape[:-1], np_shape[-1] // block_size * type_size), np.uint8
-            data = self.map[data_offset : data_offset + n_bytes].view(dtype).reshape(np_shape)
+                np_shape, dtype = (*np_shape[:-1], np_shape[-1] // block_size * type_size), "<u1"
+            data = self.map[data_offset : data_offset + n_bytes].view(np.dtype(dtype)).reshape(np_shape)
             shape = np.array(dims, dtype=np.uint64)
             tensors.append(GgufTensor(name, qtype, shape, n_elements, n_bytes, data_offset, data))
         return metadata, tensors

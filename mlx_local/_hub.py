@@ -94,7 +94,7 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     ``__cause__``.
     """
     from huggingface_hub import constants
-    from huggingface_hub.errors import (
+    from huggingface_hub.errors import (  # type: ignore[attr-defined]
         EntryNotFoundError,
         GatedRepoError,
         HFValidationError,

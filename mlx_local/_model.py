@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
-from . import _hub as hub, _runtime as runtime, _sources as sources
-from .errors import InvalidOptionError, ModelNotFoundError
+from . import _hub as hub
+from . import _runtime as runtime
+from . import _sources as sources
 from ._conversation import check_messages
 from ._generation import Chunk, GenerationOptions, Result, collect
 from ._loading import LoadedFolder, load_folder
@@ -16,6 +17,7 @@ from ._prompt_cache import PromptCache
 from ._sources import DEFAULT_MODEL
 from ._template import ChatTemplate, Prompt
 from ._thinking import ThinkTags
+from .errors import InvalidOptionError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from ._chat import Chat
@@ -87,7 +89,7 @@ class Model:
         quantized: bool = True,
         force: bool = False,
         progress: Callable[[str, float], None] | bool | None = None,
-    ) -> "Model":
+    ) -> Model:
         """Load a model.
 
         Args:
@@ -422,7 +424,7 @@ class Model:
         thinking_budget: int | None = None,
         reuse_cache: bool = True,
         **default_options: Any,
-    ) -> "Chat":
+    ) -> Chat:
         """Start a :class:`~mlx_local.Chat` with this model (see there for the arguments)."""
         from ._chat import Chat
 

@@ -181,7 +181,7 @@ class Reference:
         text: str | None = None,
         workdir: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
-    ) -> "Reference":
+    ) -> Reference:
         """Run the (unquantized) model in ``folder`` over the evaluation text.
 
         The model is loaded with :meth:`mlx_local.Model.load` (so with the

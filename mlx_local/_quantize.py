@@ -31,7 +31,8 @@ def load_lazy(folder: Path) -> tuple[Any, dict[str, Any]]:
 
     try:
         with quiet():
-            return load_model(folder, lazy=True)
+            module, config = load_model(folder, lazy=True)
+            return module, dict(config)
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
         raise InvalidModelError(
             f"{folder}: mlx-lm could not build the model from this folder ({e}). "

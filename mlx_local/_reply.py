@@ -45,7 +45,7 @@ class Reply:
     options: GenerationOptions | None = field(default=None, repr=False)
     tool_calls: tuple[ToolCall, ...] = ()
     tool_format: ToolFormat | None = None
-    rounds: tuple["Reply", ...] = field(default=(), repr=False)
+    rounds: tuple[Reply, ...] = field(default=(), repr=False)
     constraint: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
@@ -74,7 +74,7 @@ class Reply:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Reply":
+    def from_dict(cls, d: dict[str, Any]) -> Reply:
         return cls(
             content=str(d["content"]),
             thinking=None if d.get("thinking") is None else str(d["thinking"]),

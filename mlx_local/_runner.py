@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 from ._decoder import Decoder
 from ._generation import Chunk, GenerationOptions, Stats, TokenLogprob
@@ -42,9 +42,10 @@ def _logprob(token: int, logprobs: Any, top: int) -> TokenLogprob:
     if top == 0:
         return TokenLogprob(token, chosen)
     best = mx.argpartition(-row, kth=top - 1)[:top]
-    values = row[best].tolist()
-    pairs = sorted(zip(best.tolist(), values), key=lambda p: -p[1])
-    return TokenLogprob(token, chosen, tuple((int(t), float(v)) for t, v in pairs))
+    ids: list[int] = [int(i) for i in best.tolist()]  # type: ignore[union-attr, arg-type]
+    values: list[float] = [float(v) for v in row[best].tolist()]  # type: ignore[union-attr, arg-type]
+    pairs = sorted(zip(ids, values), key=lambda p: -p[1])
+    return TokenLogprob(token, chosen, tuple(pairs))
 
 
 def token_steps(
@@ -54,7 +55,7 @@ def token_steps(
     *,
     logits_processors: Sequence[Any] = (),
     prompt_cache: Any = None,
-) -> Iterator[tuple[int, TokenLogprob | None]]:
+) -> Generator[tuple[int, TokenLogprob | None], None, None]:
     """Generated tokens (and, with ``options.logprobs``, their log-probabilities)."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
@@ -96,7 +97,7 @@ def run_sequence(
     """
     start = time.perf_counter()
     first: float | None = None
-    steps = token_steps(module, prompt_ids, options, logits_processors=logits_processors, prompt_cache=prompt_cache)
+    steps: Generator[tuple[int, TokenLogprob | None], None, None] = token_steps(module, prompt_ids, options, logits_processors=logits_processors, prompt_cache=prompt_cache)
     try:
         for token, logprob in steps:
             if first is None:

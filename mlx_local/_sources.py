@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import _assets as assets, _catalog as catalog, _hub as hub
+from . import _assets as assets
+from . import _catalog as catalog
+from . import _hub as hub
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 

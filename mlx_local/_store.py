@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _assets as assets, _catalog as catalog, _hub as hub
+from . import _assets as assets
+from . import _catalog as catalog
+from . import _hub as hub
 from ._catalog import CatalogEntry
-from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
-from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
 from ._fileio import storage_errors
+from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
 from ._sources import DEFAULT_ASSET, DEFAULT_ENTRY, DEFAULT_MODEL, default_imports, imports_dir, locate, models_dir
+from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]
 

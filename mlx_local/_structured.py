@@ -204,9 +204,9 @@ class GrammarProcessor:
             self._matcher.consume_token(token)
 
     def __call__(self, tokens: Any, logits: Any) -> Any:
+        import llguidance.numpy as lnp
         import mlx.core as mx
         import numpy as np
-        import llguidance.numpy as lnp
 
         if self._calls > 0:
             self._follow(int(tokens[-1].item()))

@@ -38,7 +38,7 @@ class ThinkTags:
     end_id: int
 
     @classmethod
-    def of(cls, tokenizer: Any) -> "ThinkTags | None":
+    def of(cls, tokenizer: Any) -> ThinkTags | None:
         """The tags of an mlx-lm tokenizer wrapper, or None if it has none."""
         if not getattr(tokenizer, "has_thinking", False):
             return None

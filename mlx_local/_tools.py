@@ -103,7 +103,7 @@ class Tool:
     function: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, tool: Any) -> "Tool":
+    def of(cls, tool: Any) -> Tool:
         """A Tool from a callable or an OpenAI-style definition."""
         if isinstance(tool, Tool):
             return tool
@@ -124,7 +124,7 @@ class Tool:
         raise InvalidOptionError(f"tools: {tool!r} is neither a callable nor a tool definition.", option="tools")
 
     @classmethod
-    def _from_callable(cls, f: Callable[..., Any]) -> "Tool":
+    def _from_callable(cls, f: Callable[..., Any]) -> Tool:
         name = getattr(f, "__name__", None)
         if not name or name == "<lambda>":
             raise InvalidOptionError("tools: a lambda has no name for the model to call; use a def.", option="tools")
@@ -185,7 +185,7 @@ class ToolCall:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ToolCall":
+    def from_dict(cls, d: Mapping[str, Any]) -> ToolCall:
         fn = d.get("function", d)
         args = fn.get("arguments", {})
         return cls(str(d.get("id", "")), str(fn["name"]), json.loads(args) if isinstance(args, str) else dict(args))

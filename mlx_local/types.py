@@ -11,12 +11,12 @@ Nothing here needs constructing by hand except :class:`GenerationOptions`
 from __future__ import annotations
 
 from ._catalog import CatalogEntry, License
-from ._reply import Reply
-from ._report import Candidate, ConversionReport
 from ._generation import Chunk, ChunkKind, FinishReason, GenerationOptions, Result, Stats, TokenLogprob
 from ._memory import DeviceInfo, MemoryEstimate
 from ._prompt_cache import PromptCache
 from ._quality import Quality
+from ._reply import Reply
+from ._report import Candidate, ConversionReport
 from ._runtime import Runtime
 from ._store import CatalogModel, LocalModel, Removed
 from ._template import ThinkingSupport

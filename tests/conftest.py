@@ -29,6 +29,7 @@ if _REAL_ASSETS.is_dir():
     (_SESSION_DIR / "home" / "assets").symlink_to(_REAL_ASSETS, target_is_directory=True)
 
 import pytest  # noqa: E402
+
 pytest_plugins = ["_progress"]  # a line per test file as it finishes (tests/_progress.py)
 
 import mlx_local  # noqa: E402  (chooses the BLAS before mlx is imported)

@@ -7,8 +7,9 @@ import re
 import pytest
 
 import mlx_local
-from conftest import put_in_hf_cache
 from mlx_local import _catalog as catalog
+
+from conftest import put_in_hf_cache
 from tiny_models import write_tiny_model
 
 REQUIRED = {

@@ -14,6 +14,7 @@ import pytest
 
 import mlx_local
 from mlx_local import Chat, ChatError, InvalidOptionError
+
 from tiny_models import write_tiny_model
 
 

@@ -199,3 +199,18 @@ def test_ctrl_c_stops_an_answer_and_keeps_the_session(smollm2_gguf, tmp_path):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_generate_with_a_schema_prints_the_json(smollm2_gguf, tmp_path):
+    schema = tmp_path / "city.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+                                  "required": ["city", "country"], "additionalProperties": False}))  # fmt: skip
+    proc = mlx_local_cmd("generate", "--schema", str(schema), "The capital of France, as JSON.", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == {"city", "country"}
+    data = json.loads(mlx_local_cmd("generate", "--schema", str(schema), "Capital of Italy?", "--json", "-q").stdout)
+    assert set(data["parsed"]) == {"city", "country"} and data["finish_reason"] == "stop"
+    cut = mlx_local_cmd("generate", "--schema", str(schema), "Capital of Spain?", "--max-tokens", "3")
+    assert cut.returncode == 1 and "cut short" in cut.stderr and "--max-tokens" in cut.stderr
+    missing = mlx_local_cmd("generate", "--schema", str(tmp_path / "nope.json"), "x")
+    assert missing.returncode == 1 and "no such file" in missing.stderr and "Loaded" not in missing.stderr

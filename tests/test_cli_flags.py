@@ -7,10 +7,11 @@ Run in-process (``mlx_local._cli.main``) where the sockets must be refused
 from __future__ import annotations
 
 import pytest
+from test_cli import mlx_local_cmd
 
 import mlx_local
+import mlx_local.types
 from mlx_local._cli import main
-from test_cli import mlx_local_cmd
 
 
 @pytest.fixture
@@ -56,8 +57,8 @@ def _message(call) -> str:
 @pytest.mark.parametrize(
     ("call", "python", "cli"),
     [
-        (lambda: mlx_local.GenerationOptions().updated(max_tokens=0), "max_tokens=0", "--max-tokens 0: must be"),
-        (lambda: mlx_local.GenerationOptions().updated(top_p=1.5), "top_p=1.5", "--top-p 1.5: must be"),
+        (lambda: mlx_local.types.GenerationOptions().updated(max_tokens=0), "max_tokens=0", "--max-tokens 0: must be"),
+        (lambda: mlx_local.types.GenerationOptions().updated(top_p=1.5), "top_p=1.5", "--top-p 1.5: must be"),
         (lambda: mlx_local.Model.load("qwen3-06b"), "`mlx_local.models()`", "`mlx-local models` lists"),
         (lambda: mlx_local.Model.load("qwen3-0.6b", offline=True), "mlx_local.pull(",
          "(--offline or HF_HUB_OFFLINE=1), so it was not downloaded. Download it once while online "

@@ -12,7 +12,6 @@ import re
 
 import pexpect
 import pytest
-
 from test_cli import CLI, mlx_local_cmd
 
 HEADERS = ("name", "lab", "params", "context", "thinks", "license", "commercial", "needs", "fits", "on disk")

@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 import mlx_local
-from conftest import put_in_hf_cache
 from mlx_local import InvalidModelError, InvalidOptionError, ModelNotFoundError
 from mlx_local._recipes import AUTO_CANDIDATES, DEFAULT_MAX_KL, RECIPES
 from mlx_local.types import ConversionReport
+
+from conftest import put_in_hf_cache
 from tiny_models import write_tiny_model
 
 PARIS = "What is the capital of France?"

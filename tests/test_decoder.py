@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import asset_path
 from mlx_local._decoder import ChannelTag, Decoder, LoopDetector
 from mlx_local._generation import TokenLogprob
+
+from conftest import asset_path
 
 
 @pytest.fixture(scope="module")

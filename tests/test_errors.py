@@ -16,6 +16,7 @@ from mlx_local.errors import (
     ModelNotFoundError,
     UnsupportedArchitectureError,
 )
+
 from tiny_models import write_tiny_model
 
 

@@ -63,6 +63,7 @@ import re  # noqa: E402
 import statistics  # noqa: E402
 
 import mlx_local  # noqa: E402
+
 from tiny_models import write_tiny_model  # noqa: E402
 
 STREAM_STATS = re.compile(

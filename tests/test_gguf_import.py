@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gguf
+import mlx.core as mx  # noqa: E402  (after mlx_local on purpose)
+import mlx.nn as nn  # noqa: E402
 import numpy as np
 import pytest
 from gguf.constants import GGML_QUANT_SIZES
@@ -44,10 +46,8 @@ import mlx_local
 from mlx_local import _gguf_import as gguf_import
 from mlx_local._assets import home
 from mlx_local.errors import UnsupportedArchitectureError
-from tiny_models import copy_tokenizer, tiny_config, tiny_weights
 
-import mlx.core as mx  # noqa: E402  (after mlx_local on purpose)
-import mlx.nn as nn  # noqa: E402
+from tiny_models import copy_tokenizer, tiny_config, tiny_weights
 
 T = gguf.GGMLQuantizationType
 RTOL = 1e-4  # max |logits - reference| / max |reference|, float32 against float32
@@ -209,7 +209,7 @@ def _sentencepiece_tokenizer(folder: Path, vocab_size: int) -> Callable[[gguf.GG
     return write
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _small_tokenizer(vocab_size: int) -> Callable[[gguf.GGUFWriter], None]:
     """A valid byte-level BPE vocabulary of ``vocab_size`` tokens for the weight
     tests: Qwen3's first merges, then <|endoftext|> and <|im_end|> (the eos)."""

@@ -10,17 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
+import mlx.core as mx  # noqa: E402  (after mlx_local on purpose)
+import mlx.nn as nn  # noqa: E402
 import numpy as np
 import pytest
 from gguf.constants import GGML_QUANT_SIZES
 
 # mlx_local first: it picks the BLAS before MLX is loaded.
 from mlx_local import _gguf_quants as gguf_quants
-from mlx_local.errors import InvalidOptionError
 from mlx_local._gguf_quants import EXACT_BITS, GROUP_SIZE, to_mlx_affine
-
-import mlx.core as mx  # noqa: E402  (after mlx_local on purpose)
-import mlx.nn as nn  # noqa: E402
+from mlx_local.errors import InvalidOptionError
 
 T = gguf.GGMLQuantizationType
 SIMPLE = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]

@@ -23,8 +23,8 @@ import pytest
 from gguf.constants import GGML_QUANT_SIZES
 
 import mlx_local  # noqa: F401  (first: it picks the BLAS before MLX is loaded)
-from mlx_local.errors import InvalidModelError
 from mlx_local._gguf_reader import read_gguf as _read
+from mlx_local.errors import InvalidModelError
 
 T = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType

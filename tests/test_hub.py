@@ -8,9 +8,10 @@ import time
 import pytest
 
 import mlx_local
-from conftest import put_in_hf_cache
 from mlx_local import ModelNotFoundError
 from mlx_local.errors import HubUnreachableError
+
+from conftest import put_in_hf_cache
 from tiny_models import write_tiny_model
 
 

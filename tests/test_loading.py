@@ -9,6 +9,7 @@ from mlx_lm import convert as mlx_lm_convert
 from mlx_lm import load as mlx_lm_load
 
 import mlx_local
+
 from tiny_models import write_tiny_model
 
 

@@ -12,6 +12,7 @@ import pytest
 
 import mlx_local
 from mlx_local import _memory as memory
+
 from tiny_models import write_tiny_model
 
 HERE = Path(__file__).parent

@@ -22,14 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx  # noqa: E402  (after mlx_local on purpose)
 import numpy as np
 import pytest
 
 # mlx_local first: it picks the BLAS before MLX is loaded.
 import mlx_local
-from tiny_models import write_tiny_model
 
-import mlx.core as mx  # noqa: E402  (after mlx_local on purpose)
+from tiny_models import write_tiny_model
 
 #: Relative logit tolerance for float32 against float32 (see the module docstring).
 RTOL = 1e-4

@@ -24,6 +24,7 @@ import pytest
 import mlx_local
 from mlx_local import _assets as assets
 from mlx_local._fileio import DestinationExists, clear_stale, staged_folder
+
 from tiny_models import write_tiny_model
 
 

@@ -24,6 +24,7 @@ import pytest
 import mlx_local
 from mlx_local import _assets as assets
 from mlx_local.errors import StorageError
+
 from tiny_models import write_tiny_model
 
 

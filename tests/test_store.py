@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 import mlx_local
+from mlx_local import _catalog as catalog
+
 from conftest import put_in_hf_cache
 from hub_server import FakeHub
-from mlx_local import _catalog as catalog
 from tiny_models import write_tiny_model
 
 REPO = "tiny-org/tiny-llama"

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 import mlx_local
 from mlx_local.errors import InvalidOptionError, OutputError
+
 from tiny_models import write_tiny_model
 
 pytestmark = pytest.mark.slow

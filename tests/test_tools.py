@@ -15,8 +15,9 @@ import mlx.core as mx
 import pytest
 
 import mlx_local
-from mlx_local.errors import ChatError, InvalidOptionError
 from mlx_local._tools import Tool, ToolCall
+from mlx_local.errors import ChatError, InvalidOptionError
+
 from tiny_models import write_tiny_model
 
 pytestmark = pytest.mark.slow

@@ -79,6 +79,7 @@ class PromptCache:
                 ((min(common_prefix_len(e.tokens, tokens), len(tokens) - 1), i) for i, e in enumerate(self._entries)),
                 reverse=True,
             )
+            chosen: tuple[_Entry, int, int] | None = None
             for common, i in ranked:
                 if common <= 0:
                     break
@@ -87,9 +88,11 @@ class PromptCache:
                 if excess and not can_trim_prompt_cache(entry.cache):
                     continue
                 del self._entries[i]
+                chosen = entry, common, excess
                 break
-            else:
+            if chosen is None:
                 return None, 0
+        entry, common, excess = chosen
         if excess and trim_prompt_cache(entry.cache, excess) != excess:
             return None, 0
         return entry.cache, common

@@ -27,7 +27,8 @@ from .errors import (  # noqa: E402
     UnsupportedArchitectureError,
 )
 from ._generation import Chunk, GenerationOptions, Result, Stats  # noqa: E402
-from ._memory import DeviceInfo, MemoryEstimate, device_info, estimate_memory  # noqa: E402
+from ._device import DeviceInfo, device_info  # noqa: E402
+from ._memory import MemoryEstimate, estimate_memory  # noqa: E402
 from ._model import DEFAULT_MODEL, Model  # noqa: E402
 from ._quality import Quality  # noqa: E402
 from ._runtime import Runtime  # noqa: E402

@@ -32,7 +32,7 @@ runtime.prepare()  # before anything imports mlx
 
 import mlx_local  # noqa: E402
 from mlx_local.errors import MLXLocalError  # noqa: E402
-from mlx_local._memory import format_bytes  # noqa: E402
+from mlx_local._units import format_bytes  # noqa: E402
 
 __all__ = ["main"]
 

@@ -1,4 +1,4 @@
-"""Will it fit? Memory of a model before it is loaded, and of the device.
+"""Will it fit? The memory a model needs, before it is loaded.
 
 :func:`estimate_memory` adds up three terms without loading any weight:
 
@@ -17,26 +17,25 @@
 
 The estimate is of the memory MLX allocates (what ``mx.get_peak_memory()``
 reports after loading and generating); the Python process adds its own few
-hundred megabytes on top, outside the model.
-
-:func:`device_info` says what the machine offers.
+hundred megabytes on top, outside the model. What the machine offers is
+:func:`mlx_local._device.device_info`'s.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import _runtime as runtime
 from ._catalog import CatalogEntry
+from ._device import DeviceInfo, device_info
+from ._units import format_bytes
 from .errors import InvalidOptionError
 
-__all__ = ["DeviceInfo", "MemoryEstimate", "device_info", "estimate_memory", "format_bytes", "parse_bytes"]
+__all__ = ["MemoryEstimate", "estimate_memory"]
 
 #: The context ``Model.load`` checks against when none is given.
 DEFAULT_CONTEXT = 4096
@@ -46,132 +45,6 @@ _SAFETENSORS_FLOAT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 # Weights mlx-lm drops when it loads a text model.
 _DROPPED = re.compile(r"(vision_tower|vision_model|multi_modal_projector|(^|\.)visual\.|audio_tower|(^|\.)mtp\.|rotary_emb\.inv_freq)")
 
-
-# ---------------------------------------------------------------- units
-
-
-def format_bytes(n: float) -> str:
-    """``1.3 GB``, ``85 MB``, ``512 B`` (decimal units, as disk sizes)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.{1 if abs(n) < 10 * size else 0}f} {unit}"
-    return f"{int(n)} B"
-
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``"8GB"``, ``"512 MiB"``, ``"1e9"`` -> bytes."""
-    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 512MB or 2GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-# --------------------------------------------------------------- device
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What this machine offers a model.
-
-    Attributes:
-        backend: ``"metal"``, ``"cuda"`` or ``"cpu"``.
-        processor: the chip or CPU name.
-        total_memory: physical memory in bytes.
-        usable_memory: what a model may use: Metal's recommended working set
-            on a Mac, the available RAM elsewhere (within a cgroup limit if
-            there is one), capped by ``MLX_LOCAL_MEMORY_LIMIT`` if set.
-        usable_source: where ``usable_memory`` comes from.
-        blas: the BLAS behind CPU matmuls.
-    """
-
-    backend: str
-    processor: str
-    total_memory: int
-    usable_memory: int
-    usable_source: str
-    blas: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.processor} ({self.backend}), {format_bytes(self.total_memory)} memory, "
-            f"{format_bytes(self.usable_memory)} usable ({self.usable_source}), BLAS: {self.blas}"
-        )
-
-
-def _meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0]) * (1024 if parts[-1] == "kB" else 1)
-    except OSError:
-        pass
-    return out
-
-
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup (v2) memory limit, if it has one."""
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _total_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def device_info() -> DeviceInfo:
-    """The backend, processor, memory and BLAS of this machine.
-
-    ``MLX_LOCAL_MEMORY_LIMIT`` (e.g. ``8GB``) caps the usable memory, to keep
-    room for other programs.
-    """
-    import mlx.core as mx
-
-    rt = runtime.current()
-    info: dict[str, Any] = {}
-    try:
-        info = dict(mx.device_info())
-    except Exception:  # older MLX
-        pass
-    total = int(info.get("memory_size") or _total_memory())
-    if rt.backend == "metal" and info.get("max_recommended_working_set_size"):
-        usable, source = int(info["max_recommended_working_set_size"]), "Metal's recommended working set"
-    elif sys.platform.startswith("linux") and "MemAvailable" in _meminfo():
-        usable, source = _meminfo()["MemAvailable"], "available RAM"
-        room = _cgroup_room()
-        if room is not None and room < usable:
-            usable, source = room, "room left under the cgroup memory limit"
-    else:
-        usable, source = int(total * 0.75), "three quarters of RAM"
-    limit = os.environ.get("MLX_LOCAL_MEMORY_LIMIT", "").strip()
-    if limit:
-        try:
-            cap = parse_bytes(limit)
-        except ValueError as e:
-            raise InvalidOptionError(f"MLX_LOCAL_MEMORY_LIMIT: {e}", option="MLX_LOCAL_MEMORY_LIMIT") from None
-        if cap < usable:
-            usable, source = cap, f"MLX_LOCAL_MEMORY_LIMIT={limit}"
-    return DeviceInfo(rt.backend, rt.processor, total, usable, source, rt.blas)
-
-
-# ------------------------------------------------------------- estimate
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ from . import _catalog as catalog, _hub as hub
 from ._assets import home
 from ._catalog import CatalogEntry
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
-from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
+from ._device import DeviceInfo, device_info
+from ._memory import DEFAULT_CONTEXT, MemoryEstimate
+from ._units import format_bytes
 from ._sources import locate, models_dir
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]

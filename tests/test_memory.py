@@ -1,4 +1,4 @@
-"""Will it fit: device_info(), estimate_memory() against what MLX really allocates, and Model.load's check."""
+"""Will it fit: estimate_memory() against what MLX really allocates, and Model.load's check."""
 
 from __future__ import annotations
 
@@ -11,37 +11,10 @@ from pathlib import Path
 import pytest
 
 import mlx_local
-from mlx_local import _memory as memory
+from mlx_local import _memory as memory, _units as units
 from tiny_models import write_tiny_model
 
 HERE = Path(__file__).parent
-
-
-# ----------------------------------------------------------------- device
-
-
-def test_device_info_describes_this_machine():
-    info = mlx_local.device_info()
-    assert info.backend in ("cpu", "metal", "cuda")
-    meminfo = Path("/proc/meminfo").read_text()
-    total_kb = int(meminfo.split("MemTotal:")[1].split()[0])
-    assert abs(info.total_memory - total_kb * 1024) < 0.02 * total_kb * 1024
-    assert 0 < info.usable_memory <= info.total_memory
-    assert info.blas.startswith("OpenBLAS") and info.processor
-    assert json.loads(json.dumps(info.as_dict()))["usable_memory"] == info.usable_memory
-    assert "usable" in str(info)
-
-
-def test_memory_limit_env_caps_usable_memory(monkeypatch):
-    monkeypatch.setenv("MLX_LOCAL_MEMORY_LIMIT", "512MB")
-    info = mlx_local.device_info()
-    assert info.usable_memory == 512_000_000 and "MLX_LOCAL_MEMORY_LIMIT" in info.usable_source
-    monkeypatch.setenv("MLX_LOCAL_MEMORY_LIMIT", "2GiB")
-    assert mlx_local.device_info().usable_memory == 2 * 2**30
-    monkeypatch.setenv("MLX_LOCAL_MEMORY_LIMIT", "lots")
-    with pytest.raises(mlx_local.InvalidOptionError, match="MLX_LOCAL_MEMORY_LIMIT.*8GB") as e:
-        mlx_local.device_info()
-    assert e.value.option == "MLX_LOCAL_MEMORY_LIMIT"
 
 
 # ------------------------------------------------------- exact components
@@ -201,7 +174,7 @@ def test_load_refuses_what_does_not_fit_and_names_what_would(smollm2_gguf, monke
     with pytest.raises(mlx_local.InsufficientMemoryError) as e:
         mlx_local.Model.load(smollm2_gguf)
     message = str(e.value)
-    assert memory.format_bytes(est.total) in message and "force=True" in message
+    assert units.format_bytes(est.total) in message and "force=True" in message
     assert e.value.required == est.total and e.value.available == est.total // 2
     assert e.value.suggestion is None or e.value.suggestion in message
     assert isinstance(e.value, MemoryError)

@@ -13,7 +13,9 @@
   x head dim x tokens (rounded up to mlx-lm's 256-token steps) at the compute
   dtype; sliding-window layers (Gemma 3) hold at most their window, and
   linear-attention layers (Qwen3.5) a fixed state;
-- overhead: the working memory of generating, measured (see ``_overhead``).
+- overhead: the working memory of generating, measured (see ``_overhead``);
+  on the CPU, for a quantized model, mostly the layers dequantized for the
+  prompt (see ``_DEQUANT_PEAK``).
 
 The estimate is of the memory MLX allocates (what ``mx.get_peak_memory()``
 reports after loading and generating); the Python process adds its own few
@@ -289,10 +291,70 @@ _KV_STEP = 256  # mlx-lm's KVCache grows in steps of this many tokens
 _ACTIVATIONS_FLOAT = 17  # hidden-size float vectors alive per prefill token next to the attention scores
 _ACTIVATIONS_QUANTIZED = 8
 _DECODE_VOCAB = 4  # vocab-size float vectors alive while sampling (logits, log-probs, ...)
+# Dequantizing on the CPU (MLX 0.32), measured: mx.dequantize peaks at this many
+# times its float output, whatever the group size. At 2, 4 and 8 bits it is one
+# kernel, which MLX's lazy graph runs ahead of need: every layer holds about a
+# quarter of its MLP's float size, less 0.62 hidden-size vectors per token of
+# the chunk (evaluating layer by layer, nothing is held). At 3, 5 and 6 bits it
+# is several ops and nothing is held, but one layer's MLP peaks while the
+# attention scores are still alive. (SmolLM2 and a Qwen2.5-0.5B shape at 4 and
+# 5 bits, prompts of 16 to 4096 tokens, one layer to all of them; the held part
+# checked on four layers of a 7B Qwen2 shape: 194 MiB a layer, predicted 190.)
+_DEQUANT_PEAK = {2: 2, 3: 4, 4: 2, 5: 6, 6: 7, 8: 2}
+_DEQUANT_HELD = {2: 0.245, 4: 0.245, 8: 0.245}
+_DEQUANT_HELD_LESS = 0.62
+_MLP = re.compile(r"layers\.(\d+)\.(mlp|feed_forward)\.(?!.*experts)")
+_LAYER = re.compile(r"layers\.\d+\.")
+
+
+@dataclass(frozen=True)
+class _Dequant:
+    """What dequantizing a quantized model's layers for a prefill chunk costs on the CPU, in bytes."""
+
+    held: tuple[int, ...]  # per layer, held through a chunk of one token
+    peak: int  # one layer's MLP at its peak
+    with_scores: bool  # that peak comes on top of the attention scores (not after them)
+
+    def held_for(self, chunk: int, vector_bytes: int) -> int:
+        """Bytes held through a chunk of ``chunk`` tokens whose hidden vectors are ``vector_bytes`` each."""
+        less = int(_DEQUANT_HELD_LESS * chunk * vector_bytes)
+        return sum(max(0, h - less) for h in self.held)
+
+
+def _dequant_work(config: dict[str, Any], weights: Iterable[_Weight], dtype_bytes: int, bits: int | None,
+                  group_size: int) -> _Dequant | None:
+    """The dequantizing cost of ``weights`` (quantized to ``bits`` if given), from each layer's MLP."""
+    weights = list(weights)
+    layers: dict[int, list[tuple[int, int]]] = {}
+    for w in weights:
+        b = bits if bits is not None and (w.bits is not None or _quantizable(w, group_size)) else w.bits
+        m = _MLP.search(w.name)
+        if b and m and len(w.shape) == 2:
+            layers.setdefault(int(m.group(1)), []).append((b, w.numel))
+    if not layers and not any(_LAYER.search(w.name) for w in weights):
+        # The catalog's summary: every layer's MLP at the model's bits, its size from the config or the body's.
+        b = bits or next((w.bits for w in weights if w.bits), None)
+        if b is None:
+            return None
+        cfg = _text_config(config)
+        n = len(_layer_kinds(cfg)) or 1
+        hidden, heads = int(cfg.get("hidden_size") or 0), int(cfg.get("num_attention_heads") or 1)
+        kv_heads, head_dim = int(cfg.get("num_key_value_heads") or heads), int(cfg.get("head_dim") or hidden // heads)
+        body = sum(w.numel for w in weights if not w.name.endswith(("embed_tokens.weight", "lm_head.weight")))
+        attention = 2 * hidden * (heads + kv_heads) * head_dim
+        inter = cfg.get("intermediate_size")
+        mlp = 3 * hidden * int(inter) if inter else max(0, body // n - attention)
+        layers = {i: [(b, mlp)] for i in range(n)}
+    if not layers:
+        return None
+    held = tuple(int(sum(_DEQUANT_HELD.get(b, 0) * n for b, n in mlp) * dtype_bytes) for mlp in layers.values())
+    peak = max(sum(_DEQUANT_PEAK.get(b, 2) * n for b, n in mlp) for mlp in layers.values())
+    with_scores = any(b not in _DEQUANT_HELD for mlp in layers.values() for b, _ in mlp)
+    return _Dequant(held, int(peak * dtype_bytes), with_scores)
 
 
 def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized: bool, on_gpu: bool,
-              final_kv: int) -> int:
+              final_kv: int, dequant: _Dequant | None = None) -> int:
     """Working memory beyond the weights and the final KV cache, at its peak.
 
     Follows what mlx-lm does with ``context`` tokens: the prompt is prefilled
@@ -301,8 +363,8 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     keys, the CPU materialises the attention scores (heads x L x S floats,
     plus a boolean mask) one layer at a time, next to about 17 (float) or 8
     (quantized) hidden-size activations per token; a quantized model's layers
-    are dequantized for the chunk (``cpu_kernels``), and MLX's lazy graph keeps
-    the q/k/v projections of every layer alive together with one layer's MLP.
+    are dequantized for the chunk (``cpu_kernels``): ``dequant`` says what that
+    holds and what one layer's MLP adds at its peak (see ``_DEQUANT_PEAK``).
     While sampling, a few vocabulary-sized vectors. On a GPU (measured on
     neither Metal nor CUDA here) attention is fused and quantized matmuls run
     directly, so only the activations and sampling terms are counted.
@@ -312,7 +374,6 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     heads = int(cfg.get("num_attention_heads") or 1)
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or hidden // heads)
-    inter = int(cfg.get("intermediate_size") or 4 * hidden)
     vocab = int(cfg.get("vocab_size") or 0)
     window = int(cfg.get("sliding_window") or 0)
     kinds = _layer_kinds(cfg)
@@ -322,10 +383,8 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     attending = [k for k in kinds[:-1] if k != "linear"] or ["full"]
 
     rows = _ACTIVATIONS_QUANTIZED if quantized else _ACTIVATIONS_FLOAT
-    dequantized = 0
-    if quantized and not on_gpu:
-        qkv = hidden * (heads + 2 * kv_heads) * head_dim
-        dequantized = (len(kinds) * qkv + hidden * (heads * head_dim + 3 * inter)) * dtype_bytes
+    if on_gpu:
+        dequant = None
     peak = _DECODE_VOCAB * vocab * 4 + final_kv
     done, prompt = 0, max(context - 1, 1)
     while done < prompt:
@@ -341,7 +400,10 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
         keys = seen if "full" in attending or not window else sliding_span
         scores = 0 if on_gpu else heads * chunk * keys * 4 + chunk * keys + 2 * chunk * heads * head_dim * 4
         activations = rows * chunk * hidden * dtype_bytes
-        work = max(scores, dequantized if chunk >= 2 else 0)
+        work = scores
+        if dequant is not None and chunk >= 2:
+            held = dequant.held_for(chunk, hidden * dtype_bytes)
+            work = held + (scores + dequant.peak if dequant.with_scores else max(scores, dequant.peak))
         peak = max(peak, kv + activations + work)
         done = seen
     return max(0, peak - final_kv)
@@ -403,7 +465,8 @@ def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: 
         source=name,
         weights=_weight_bytes(weights, size, bits, group_size),
         kv_cache=kv,
-        overhead=_overhead(config, context, size, quantized, rt.on_gpu, kv),
+        overhead=_overhead(config, context, size, quantized, rt.on_gpu, kv,
+                           _dequant_work(config, weights, size, bits, group_size) if quantized else None),
         context=context,
         dtype=compute,
         bits=bits,

@@ -5,7 +5,8 @@
 - weights: every tensor's size as it will sit in memory, read from the
   safetensors headers of a local folder, the header of a GGUF file, the hub's
   safetensors metadata (a few kilobytes of HTTP range requests) for a repo not
-  downloaded yet, or, offline, the catalog's parameter count. Floating-point
+  downloaded yet, or, offline, the catalog's parameter count (all read by
+  :mod:`mlx_local._weight_sizes`). Floating-point
   tensors count at the compute dtype the runtime will choose (float32 on the
   CPU, so a bfloat16 model doubles there), quantized ones at their bits plus a
   scale and a bias per group;
@@ -25,16 +26,15 @@ hundred megabytes on top, outside the model. What the machine offers is
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from . import _runtime as runtime
 from ._catalog import CatalogEntry
 from ._device import DeviceInfo, device_info
 from ._units import format_bytes
+from ._weight_sizes import Weight, quantizable, text_config, weight_bytes, weights_of
 from .errors import InvalidOptionError
 
 __all__ = ["MemoryEstimate", "estimate_memory"]
@@ -43,9 +43,6 @@ __all__ = ["MemoryEstimate", "estimate_memory"]
 DEFAULT_CONTEXT = 4096
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-_SAFETENSORS_FLOAT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-# Weights mlx-lm drops when it loads a text model.
-_DROPPED = re.compile(r"(vision_tower|vision_model|multi_modal_projector|(^|\.)visual\.|audio_tower|(^|\.)mtp\.|rotary_emb\.inv_freq)")
 
 
 
@@ -98,137 +95,6 @@ class MemoryEstimate:
         )
 
 
-@dataclass(frozen=True)
-class _Weight:
-    name: str
-    shape: tuple[int, ...]  # logical (unpacked) shape
-    bits: int | None  # None: floating point
-    group_size: int | None = None
-    other_bytes: int = 0  # non-float, non-quantized tensors: their stored size
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-def _quantizable(w: _Weight, group_size: int) -> bool:
-    return (
-        len(w.shape) == 2
-        and w.name.endswith(".weight")
-        and "norm" not in w.name
-        and w.shape[-1] % group_size == 0
-    )
-
-
-def _weight_bytes(weights: Iterable[_Weight], dtype_bytes: int, bits: int | None, group_size: int) -> int:
-    total = 0
-    for w in weights:
-        b, g = w.bits, w.group_size
-        if bits is not None and (b is not None or _quantizable(w, group_size)):
-            b, g = bits, group_size
-        if w.other_bytes:
-            total += w.other_bytes
-        elif b is None:
-            total += w.numel * dtype_bytes
-        else:
-            total += w.numel * b // 8 + 2 * (w.numel // (g or group_size)) * dtype_bytes
-    return total
-
-
-def _layer_bits(config: dict[str, Any], prefix: str) -> tuple[int, int]:
-    q = config.get("quantization") or config.get("quantization_config") or {}
-    own = q.get(prefix)
-    if isinstance(own, dict):
-        return int(own["bits"]), int(own.get("group_size", q.get("group_size", 64)))
-    return int(q.get("bits", 4)), int(q.get("group_size", 64))
-
-
-def _from_header(header: dict[str, Any], config: dict[str, Any]) -> list[_Weight]:
-    """Weights from safetensors header entries ``{name: {"dtype", "shape"}}`` (MLX or HF layout)."""
-    tied = bool(_text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
-    out = []
-    for name, info in header.items():
-        if name == "__metadata__" or _DROPPED.search(name) or (tied and name.endswith("lm_head.weight")):
-            continue
-        dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
-        prefix = name.rsplit(".", 1)[0]
-        if name.endswith((".scales", ".biases")) and f"{prefix}.weight" in header and header[f"{prefix}.weight"]["dtype"] == "U32":
-            continue  # counted with their weight
-        if dtype == "U32" and name.endswith(".weight") and f"{prefix}.scales" in header:
-            bits, group = _layer_bits(config, prefix)
-            out.append(_Weight(name, (*shape[:-1], shape[-1] * 32 // bits), bits, group))
-        elif dtype in _SAFETENSORS_FLOAT:
-            out.append(_Weight(name, shape, None))
-        else:
-            out.append(_Weight(name, shape, None, other_bytes=math.prod(shape) * _int_bytes(dtype)))
-    return out
-
-
-def _int_bytes(dtype: str) -> int:
-    digits = "".join(c for c in dtype if c.isdigit())
-    return max(1, int(digits) // 8) if digits else 1
-
-
-def _read_header(file: Path) -> dict[str, Any]:
-    import json
-    import struct
-
-    with open(file, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return dict(json.loads(f.read(n)))
-
-
-def _folder_weights(folder: Path) -> tuple[dict[str, Any], list[_Weight]]:
-    from ._loading import check_weights, read_config
-
-    config = read_config(folder)
-    check_weights(folder)  # present, whole, and consistent with the index
-    header: dict[str, Any] = {}
-    for f in sorted(folder.glob("model*.safetensors")):
-        header.update(_read_header(f))
-    return config, _from_header(header, config)
-
-
-def _gguf_weights(path: Path, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight]]:
-    from ._gguf_import import planned_weights
-    from ._gguf_quants import GROUP_SIZE
-
-    config, planned = planned_weights(path, gguf_weights)
-    tied = config.get("tie_word_embeddings", False)
-    return config, [
-        _Weight(name, shape, bits, GROUP_SIZE if bits else None)
-        for name, shape, bits in planned
-        if not (tied and name.endswith("lm_head.weight"))
-    ]
-
-
-def _hub_weights(repo: str, revision: str | None) -> tuple[dict[str, Any], list[_Weight]]:
-    """Weights from the hub's metadata: config.json and the safetensors headers (range requests)."""
-    from huggingface_hub import HfApi
-
-    from ._hub import hub_errors
-
-    api = HfApi()
-    with hub_errors(repo, revision):
-        api.model_info(repo, revision=revision, timeout=10)  # fails fast when the hub is out of reach
-        config_file = Path(api.hf_hub_download(repo, "config.json", revision=revision, etag_timeout=5))
-        meta = api.get_safetensors_metadata(repo, revision=revision)
-    from ._loading import read_config
-
-    config = read_config(config_file.parent)  # checked: JSON, an object, with a model_type
-    header = {
-        name: {"dtype": t.dtype, "shape": t.shape}
-        for file in meta.files_metadata.values()
-        for name, t in file.tensors.items()
-    }
-    return config, _from_header(header, config)
-
-
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    text = config.get("text_config")
-    return {**config, **text} if isinstance(text, dict) else config
-
-
 def _layer_kinds(cfg: dict[str, Any]) -> list[str]:
     """``"full"``, ``"sliding"`` or ``"linear"`` for each layer, as mlx-lm builds its caches."""
     n = int(cfg.get("num_hidden_layers") or cfg.get("n_layers") or 0)
@@ -256,7 +122,7 @@ def _steps(tokens: int, step: int = 256) -> int:
 
 def kv_cache_bytes(config: dict[str, Any], context: int, dtype_bytes: int) -> int:
     """KV-cache (and recurrent state) bytes for ``context`` tokens, from a config."""
-    cfg = _text_config(config)
+    cfg = text_config(config)
     heads = int(cfg.get("num_attention_heads") or 1)
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
@@ -321,13 +187,13 @@ class _Dequant:
         return sum(max(0, h - less) for h in self.held)
 
 
-def _dequant_work(config: dict[str, Any], weights: Iterable[_Weight], dtype_bytes: int, bits: int | None,
+def _dequant_work(config: dict[str, Any], weights: Iterable[Weight], dtype_bytes: int, bits: int | None,
                   group_size: int) -> _Dequant | None:
     """The dequantizing cost of ``weights`` (quantized to ``bits`` if given), from each layer's MLP."""
     weights = list(weights)
     layers: dict[int, list[tuple[int, int]]] = {}
     for w in weights:
-        b = bits if bits is not None and (w.bits is not None or _quantizable(w, group_size)) else w.bits
+        b = bits if bits is not None and (w.bits is not None or quantizable(w, group_size)) else w.bits
         m = _MLP.search(w.name)
         if b and m and len(w.shape) == 2:
             layers.setdefault(int(m.group(1)), []).append((b, w.numel))
@@ -336,7 +202,7 @@ def _dequant_work(config: dict[str, Any], weights: Iterable[_Weight], dtype_byte
         b = bits or next((w.bits for w in weights if w.bits), None)
         if b is None:
             return None
-        cfg = _text_config(config)
+        cfg = text_config(config)
         n = len(_layer_kinds(cfg)) or 1
         hidden, heads = int(cfg.get("hidden_size") or 0), int(cfg.get("num_attention_heads") or 1)
         kv_heads, head_dim = int(cfg.get("num_key_value_heads") or heads), int(cfg.get("head_dim") or hidden // heads)
@@ -369,7 +235,7 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     neither Metal nor CUDA here) attention is fused and quantized matmuls run
     directly, so only the activations and sampling terms are counted.
     """
-    cfg = _text_config(config)
+    cfg = text_config(config)
     hidden = int(cfg.get("hidden_size") or 0)
     heads = int(cfg.get("num_attention_heads") or 1)
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -409,49 +275,7 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     return max(0, peak - final_kv)
 
 
-def _catalog_weights(entry: CatalogEntry, quantized: bool) -> tuple[dict[str, Any], list[_Weight]]:
-    """Weights from the catalog's parameter count: the embedding and the rest, 4-bit or float."""
-    arch = dict(entry.architecture)
-    hidden, vocab = int(arch.get("hidden_size") or 0), int(arch.get("vocab_size") or 0)
-    body = max(0, entry.parameters - vocab * hidden)
-    bits = 4 if quantized and entry.mlx_4bit_repo else None
-    group = 64 if bits else None
-    return arch, [_Weight("model.embed_tokens.weight", (vocab, hidden), bits, group),
-                  _Weight("model.layers.weight", (1, body), bits, group)]
-
-
-def _weights_of(located: Any, revision: str | None, offline: bool, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight], str]:
-    """The config, the weights and where their sizes came from, for a located source."""
-    from . import _hub as hub
-    from .errors import ModelNotFoundError
-
-    if located.kind in ("default", "gguf"):
-        return (*_gguf_weights(located.path, gguf_weights), "the GGUF header")
-    if located.kind == "folder":
-        return (*_folder_weights(located.path), "safetensors headers")
-    folder = hub.cached_folder(located.repo, revision=revision)
-    if folder is not None:
-        return (*_folder_weights(folder), "safetensors headers (downloaded)")
-    entry = located.entry
-    from_catalog = entry is not None and revision is None and located.repo in entry.repos
-    basis = "the catalog"
-    if not offline:
-        try:
-            return (*_hub_weights(located.repo, revision), "the hub's safetensors metadata")
-        except ModelNotFoundError:
-            if not from_catalog:
-                raise
-        basis = "the catalog (hub out of reach)"
-    if from_catalog:
-        return (*_catalog_weights(entry, located.repo == entry.mlx_4bit_repo), basis)
-    raise ModelNotFoundError(
-        f"{located.repo} is not downloaded and offline mode is on, so its size is unknown: "
-        "estimate it once online, or download it first.",
-        source=str(located.repo),
-    )
-
-
-def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: str, *, context: int,
+def _assemble(name: str, config: dict[str, Any], weights: list[Weight], basis: str, *, context: int,
               bits: int | None, group_size: int, dtype: str | None) -> MemoryEstimate:
     from ._loading import model_dtype
 
@@ -463,7 +287,7 @@ def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: 
     kv = kv_cache_bytes(config, context, size)
     return MemoryEstimate(
         source=name,
-        weights=_weight_bytes(weights, size, bits, group_size),
+        weights=weight_bytes(weights, size, bits, group_size),
         kv_cache=kv,
         overhead=_overhead(config, context, size, quantized, rt.on_gpu, kv,
                            _dequant_work(config, weights, size, bits, group_size) if quantized else None),
@@ -471,7 +295,7 @@ def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: 
         dtype=compute,
         bits=bits,
         basis=basis,
-        details={"parameters": sum(w.numel for w in weights), "layers": _layer_kinds(_text_config(config))},
+        details={"parameters": sum(w.numel for w in weights), "layers": _layer_kinds(text_config(config))},
     )
 
 
@@ -532,7 +356,7 @@ def estimate_located(located: Any, *, context: int = DEFAULT_CONTEXT, bits: int 
                      dtype: str | None = None, revision: str | None = None, offline: bool = True,
                      gguf_weights: str = "quantized") -> MemoryEstimate:
     """:func:`estimate_memory` for a source :func:`mlx_local._sources.locate` has already located."""
-    config, weights, basis = _weights_of(located, revision, offline, gguf_weights)
+    config, weights, basis = weights_of(located, revision, offline, gguf_weights)
     return _assemble(located.name, config, weights, basis, context=context, bits=bits, group_size=group_size, dtype=dtype)
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import mlx_local
-from mlx_local import _memory as memory, _units as units
+from mlx_local import _memory as memory
+from mlx_local import _units as units
+
 from tiny_models import write_tiny_model
 
 HERE = Path(__file__).parent

@@ -213,8 +213,8 @@ def _dequant_work(config: dict[str, Any], weights: Iterable[Weight], dtype_bytes
         layers = {i: [(b, mlp)] for i in range(n)}
     if not layers:
         return None
-    held = tuple(int(sum(_DEQUANT_HELD.get(b, 0) * n for b, n in mlp) * dtype_bytes) for mlp in layers.values())
-    peak = max(sum(_DEQUANT_PEAK.get(b, 2) * n for b, n in mlp) for mlp in layers.values())
+    held = tuple(int(sum(_DEQUANT_HELD.get(b, 0) * size for b, size in mlp) * dtype_bytes) for mlp in layers.values())
+    peak = max(sum(_DEQUANT_PEAK.get(b, 2) * size for b, size in mlp) for mlp in layers.values())
     with_scores = any(b not in _DEQUANT_HELD for mlp in layers.values() for b, _ in mlp)
     return _Dequant(held, int(peak * dtype_bytes), with_scores)
 

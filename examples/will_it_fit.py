@@ -10,7 +10,7 @@ headers of files already on disk; nothing is loaded.
 import sys
 
 import mlx_local
-from mlx_local._memory import format_bytes
+from mlx_local._units import format_bytes
 
 context = int(sys.argv[1]) if len(sys.argv) > 1 else 4096
 

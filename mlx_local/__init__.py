@@ -16,7 +16,8 @@ _runtime.prepare()  # before anything below imports mlx
 
 from ._chat import Chat  # noqa: E402
 from ._convert import convert  # noqa: E402
-from ._memory import device_info, estimate_memory  # noqa: E402
+from ._device import device_info  # noqa: E402
+from ._memory import estimate_memory  # noqa: E402
 from ._model import DEFAULT_MODEL, Model  # noqa: E402
 from ._store import local_models, models, pull, remove  # noqa: E402
 from ._version import __version__  # noqa: E402

@@ -38,7 +38,7 @@ runtime.prepare()  # before anything imports mlx
 
 import mlx_local  # noqa: E402
 import mlx_local.types  # noqa: E402
-from mlx_local._memory import format_bytes  # noqa: E402
+from mlx_local._units import format_bytes  # noqa: E402
 from mlx_local.errors import InvalidOptionError, MLXLocalError, OutputError  # noqa: E402
 
 from ._cli_advice import for_the_command_line  # noqa: E402

@@ -1,11 +1,12 @@
-"""Will it fit? Memory of a model before it is loaded, and of the device.
+"""Will it fit? The memory a model needs, before it is loaded.
 
 :func:`estimate_memory` adds up three terms without loading any weight:
 
 - weights: every tensor's size as it will sit in memory, read from the
   safetensors headers of a local folder, the header of a GGUF file, the hub's
   safetensors metadata (a few kilobytes of HTTP range requests) for a repo not
-  downloaded yet, or, offline, the catalog's parameter count. Floating-point
+  downloaded yet, or, offline, the catalog's parameter count (all read by
+  :mod:`mlx_local._weight_sizes`). Floating-point
   tensors count at the compute dtype the runtime will choose (float32 on the
   CPU, so a bfloat16 model doubles there), quantized ones at their bits plus a
   scale and a bias per group;
@@ -13,165 +14,36 @@
   x head dim x tokens (rounded up to mlx-lm's 256-token steps) at the compute
   dtype; sliding-window layers (Gemma 3) hold at most their window, and
   linear-attention layers (Qwen3.5) a fixed state;
-- overhead: the working memory of generating, measured (see ``_overhead``).
+- overhead: the working memory of generating, measured (see ``_overhead``);
+  on the CPU, for a quantized model, mostly the layers dequantized for the
+  prompt (see ``_DEQUANT_PEAK``).
 
 The estimate is of the memory MLX allocates (what ``mx.get_peak_memory()``
 reports after loading and generating); the Python process adds its own few
-hundred megabytes on top, outside the model.
-
-:func:`device_info` says what the machine offers.
+hundred megabytes on top, outside the model. What the machine offers is
+:func:`mlx_local._device.device_info`'s.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import re
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from . import _runtime as runtime
 from ._catalog import CatalogEntry
+from ._device import DeviceInfo, device_info
+from ._units import format_bytes
+from ._weight_sizes import Weight, quantizable, text_config, weight_bytes, weights_of
 from .errors import InvalidOptionError
 
-__all__ = ["DeviceInfo", "MemoryEstimate", "device_info", "estimate_memory", "format_bytes", "parse_bytes"]
+__all__ = ["MemoryEstimate", "estimate_memory"]
 
 #: The context ``Model.load`` checks against when none is given.
 DEFAULT_CONTEXT = 4096
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-_SAFETENSORS_FLOAT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-# Weights mlx-lm drops when it loads a text model.
-_DROPPED = re.compile(r"(vision_tower|vision_model|multi_modal_projector|(^|\.)visual\.|audio_tower|(^|\.)mtp\.|rotary_emb\.inv_freq)")
 
-
-# ---------------------------------------------------------------- units
-
-
-def format_bytes(n: float) -> str:
-    """``1.3 GB``, ``85 MB``, ``512 B`` (decimal units, as disk sizes)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.{1 if abs(n) < 10 * size else 0}f} {unit}"
-    return f"{int(n)} B"
-
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``"8GB"``, ``"512 MiB"``, ``"1e9"`` -> bytes."""
-    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (write e.g. 8GB, 512MB or 2GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-# --------------------------------------------------------------- device
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What this machine offers a model.
-
-    Attributes:
-        backend: ``"metal"``, ``"cuda"`` or ``"cpu"``.
-        processor: the chip or CPU name.
-        total_memory: physical memory in bytes.
-        usable_memory: what a model may use: Metal's recommended working set
-            on a Mac, the available RAM elsewhere (within a cgroup limit if
-            there is one), capped by ``MLX_LOCAL_MEMORY_LIMIT`` if set.
-        usable_source: where ``usable_memory`` comes from.
-        blas: the BLAS behind CPU matmuls.
-    """
-
-    backend: str
-    processor: str
-    total_memory: int
-    usable_memory: int
-    usable_source: str
-    blas: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.processor} ({self.backend}), {format_bytes(self.total_memory)} memory, "
-            f"{format_bytes(self.usable_memory)} usable ({self.usable_source}), BLAS: {self.blas}"
-        )
-
-
-def _meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0]) * (1024 if parts[-1] == "kB" else 1)
-    except OSError:
-        pass
-    return out
-
-
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup (v2) memory limit, if it has one."""
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _total_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def device_info() -> DeviceInfo:
-    """The backend, processor, memory and BLAS of this machine.
-
-    ``MLX_LOCAL_MEMORY_LIMIT`` (e.g. ``8GB``) caps the usable memory, to keep
-    room for other programs.
-    """
-    import mlx.core as mx
-
-    rt = runtime.current()
-    info: dict[str, Any] = {}
-    try:
-        info = dict(mx.device_info())
-    except Exception:  # older MLX
-        pass
-    total = int(info.get("memory_size") or _total_memory())
-    if rt.backend == "metal" and info.get("max_recommended_working_set_size"):
-        usable, source = int(info["max_recommended_working_set_size"]), "Metal's recommended working set"
-    elif sys.platform.startswith("linux") and "MemAvailable" in _meminfo():
-        usable, source = _meminfo()["MemAvailable"], "available RAM"
-        room = _cgroup_room()
-        if room is not None and room < usable:
-            usable, source = room, "room left under the cgroup memory limit"
-    else:
-        usable, source = int(total * 0.75), "three quarters of RAM"
-    limit = os.environ.get("MLX_LOCAL_MEMORY_LIMIT", "").strip()
-    if limit:
-        try:
-            cap = parse_bytes(limit)
-        except ValueError as e:
-            raise InvalidOptionError(f"MLX_LOCAL_MEMORY_LIMIT: {e}", option="MLX_LOCAL_MEMORY_LIMIT") from None
-        if cap < usable:
-            usable, source = cap, f"MLX_LOCAL_MEMORY_LIMIT={limit}"
-    return DeviceInfo(rt.backend, rt.processor, total, usable, source, rt.blas)
-
-
-# ------------------------------------------------------------- estimate
 
 
 @dataclass(frozen=True)
@@ -223,137 +95,6 @@ class MemoryEstimate:
         )
 
 
-@dataclass(frozen=True)
-class _Weight:
-    name: str
-    shape: tuple[int, ...]  # logical (unpacked) shape
-    bits: int | None  # None: floating point
-    group_size: int | None = None
-    other_bytes: int = 0  # non-float, non-quantized tensors: their stored size
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-def _quantizable(w: _Weight, group_size: int) -> bool:
-    return (
-        len(w.shape) == 2
-        and w.name.endswith(".weight")
-        and "norm" not in w.name
-        and w.shape[-1] % group_size == 0
-    )
-
-
-def _weight_bytes(weights: Iterable[_Weight], dtype_bytes: int, bits: int | None, group_size: int) -> int:
-    total = 0
-    for w in weights:
-        b, g = w.bits, w.group_size
-        if bits is not None and (b is not None or _quantizable(w, group_size)):
-            b, g = bits, group_size
-        if w.other_bytes:
-            total += w.other_bytes
-        elif b is None:
-            total += w.numel * dtype_bytes
-        else:
-            total += w.numel * b // 8 + 2 * (w.numel // (g or group_size)) * dtype_bytes
-    return total
-
-
-def _layer_bits(config: dict[str, Any], prefix: str) -> tuple[int, int]:
-    q = config.get("quantization") or config.get("quantization_config") or {}
-    own = q.get(prefix)
-    if isinstance(own, dict):
-        return int(own["bits"]), int(own.get("group_size", q.get("group_size", 64)))
-    return int(q.get("bits", 4)), int(q.get("group_size", 64))
-
-
-def _from_header(header: dict[str, Any], config: dict[str, Any]) -> list[_Weight]:
-    """Weights from safetensors header entries ``{name: {"dtype", "shape"}}`` (MLX or HF layout)."""
-    tied = bool(_text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
-    out = []
-    for name, info in header.items():
-        if name == "__metadata__" or _DROPPED.search(name) or (tied and name.endswith("lm_head.weight")):
-            continue
-        dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
-        prefix = name.rsplit(".", 1)[0]
-        if name.endswith((".scales", ".biases")) and f"{prefix}.weight" in header and header[f"{prefix}.weight"]["dtype"] == "U32":
-            continue  # counted with their weight
-        if dtype == "U32" and name.endswith(".weight") and f"{prefix}.scales" in header:
-            bits, group = _layer_bits(config, prefix)
-            out.append(_Weight(name, (*shape[:-1], shape[-1] * 32 // bits), bits, group))
-        elif dtype in _SAFETENSORS_FLOAT:
-            out.append(_Weight(name, shape, None))
-        else:
-            out.append(_Weight(name, shape, None, other_bytes=math.prod(shape) * _int_bytes(dtype)))
-    return out
-
-
-def _int_bytes(dtype: str) -> int:
-    digits = "".join(c for c in dtype if c.isdigit())
-    return max(1, int(digits) // 8) if digits else 1
-
-
-def _read_header(file: Path) -> dict[str, Any]:
-    import json
-    import struct
-
-    with open(file, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return dict(json.loads(f.read(n)))
-
-
-def _folder_weights(folder: Path) -> tuple[dict[str, Any], list[_Weight]]:
-    from ._loading import check_weights, read_config
-
-    config = read_config(folder)
-    check_weights(folder)  # present, whole, and consistent with the index
-    header: dict[str, Any] = {}
-    for f in sorted(folder.glob("model*.safetensors")):
-        header.update(_read_header(f))
-    return config, _from_header(header, config)
-
-
-def _gguf_weights(path: Path, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight]]:
-    from ._gguf_import import planned_weights
-    from ._gguf_quants import GROUP_SIZE
-
-    config, planned = planned_weights(path, gguf_weights)
-    tied = config.get("tie_word_embeddings", False)
-    return config, [
-        _Weight(name, shape, bits, GROUP_SIZE if bits else None)
-        for name, shape, bits in planned
-        if not (tied and name.endswith("lm_head.weight"))
-    ]
-
-
-def _hub_weights(repo: str, revision: str | None) -> tuple[dict[str, Any], list[_Weight]]:
-    """Weights from the hub's metadata: config.json and the safetensors headers (range requests)."""
-    from huggingface_hub import HfApi
-
-    from ._hub import hub_errors
-
-    api = HfApi()
-    with hub_errors(repo, revision):
-        api.model_info(repo, revision=revision, timeout=10)  # fails fast when the hub is out of reach
-        config_file = Path(api.hf_hub_download(repo, "config.json", revision=revision, etag_timeout=5))
-        meta = api.get_safetensors_metadata(repo, revision=revision)
-    from ._loading import read_config
-
-    config = read_config(config_file.parent)  # checked: JSON, an object, with a model_type
-    header = {
-        name: {"dtype": t.dtype, "shape": t.shape}
-        for file in meta.files_metadata.values()
-        for name, t in file.tensors.items()
-    }
-    return config, _from_header(header, config)
-
-
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    text = config.get("text_config")
-    return {**config, **text} if isinstance(text, dict) else config
-
-
 def _layer_kinds(cfg: dict[str, Any]) -> list[str]:
     """``"full"``, ``"sliding"`` or ``"linear"`` for each layer, as mlx-lm builds its caches."""
     n = int(cfg.get("num_hidden_layers") or cfg.get("n_layers") or 0)
@@ -381,7 +122,7 @@ def _steps(tokens: int, step: int = 256) -> int:
 
 def kv_cache_bytes(config: dict[str, Any], context: int, dtype_bytes: int) -> int:
     """KV-cache (and recurrent state) bytes for ``context`` tokens, from a config."""
-    cfg = _text_config(config)
+    cfg = text_config(config)
     heads = int(cfg.get("num_attention_heads") or 1)
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
@@ -416,10 +157,70 @@ _KV_STEP = 256  # mlx-lm's KVCache grows in steps of this many tokens
 _ACTIVATIONS_FLOAT = 17  # hidden-size float vectors alive per prefill token next to the attention scores
 _ACTIVATIONS_QUANTIZED = 8
 _DECODE_VOCAB = 4  # vocab-size float vectors alive while sampling (logits, log-probs, ...)
+# Dequantizing on the CPU (MLX 0.32), measured: mx.dequantize peaks at this many
+# times its float output, whatever the group size. At 2, 4 and 8 bits it is one
+# kernel, which MLX's lazy graph runs ahead of need: every layer holds about a
+# quarter of its MLP's float size, less 0.62 hidden-size vectors per token of
+# the chunk (evaluating layer by layer, nothing is held). At 3, 5 and 6 bits it
+# is several ops and nothing is held, but one layer's MLP peaks while the
+# attention scores are still alive. (SmolLM2 and a Qwen2.5-0.5B shape at 4 and
+# 5 bits, prompts of 16 to 4096 tokens, one layer to all of them; the held part
+# checked on four layers of a 7B Qwen2 shape: 194 MiB a layer, predicted 190.)
+_DEQUANT_PEAK = {2: 2, 3: 4, 4: 2, 5: 6, 6: 7, 8: 2}
+_DEQUANT_HELD = {2: 0.245, 4: 0.245, 8: 0.245}
+_DEQUANT_HELD_LESS = 0.62
+_MLP = re.compile(r"layers\.(\d+)\.(mlp|feed_forward)\.(?!.*experts)")
+_LAYER = re.compile(r"layers\.\d+\.")
+
+
+@dataclass(frozen=True)
+class _Dequant:
+    """What dequantizing a quantized model's layers for a prefill chunk costs on the CPU, in bytes."""
+
+    held: tuple[int, ...]  # per layer, held through a chunk of one token
+    peak: int  # one layer's MLP at its peak
+    with_scores: bool  # that peak comes on top of the attention scores (not after them)
+
+    def held_for(self, chunk: int, vector_bytes: int) -> int:
+        """Bytes held through a chunk of ``chunk`` tokens whose hidden vectors are ``vector_bytes`` each."""
+        less = int(_DEQUANT_HELD_LESS * chunk * vector_bytes)
+        return sum(max(0, h - less) for h in self.held)
+
+
+def _dequant_work(config: dict[str, Any], weights: Iterable[Weight], dtype_bytes: int, bits: int | None,
+                  group_size: int) -> _Dequant | None:
+    """The dequantizing cost of ``weights`` (quantized to ``bits`` if given), from each layer's MLP."""
+    weights = list(weights)
+    layers: dict[int, list[tuple[int, int]]] = {}
+    for w in weights:
+        b = bits if bits is not None and (w.bits is not None or quantizable(w, group_size)) else w.bits
+        m = _MLP.search(w.name)
+        if b and m and len(w.shape) == 2:
+            layers.setdefault(int(m.group(1)), []).append((b, w.numel))
+    if not layers and not any(_LAYER.search(w.name) for w in weights):
+        # The catalog's summary: every layer's MLP at the model's bits, its size from the config or the body's.
+        b = bits or next((w.bits for w in weights if w.bits), None)
+        if b is None:
+            return None
+        cfg = text_config(config)
+        n = len(_layer_kinds(cfg)) or 1
+        hidden, heads = int(cfg.get("hidden_size") or 0), int(cfg.get("num_attention_heads") or 1)
+        kv_heads, head_dim = int(cfg.get("num_key_value_heads") or heads), int(cfg.get("head_dim") or hidden // heads)
+        body = sum(w.numel for w in weights if not w.name.endswith(("embed_tokens.weight", "lm_head.weight")))
+        attention = 2 * hidden * (heads + kv_heads) * head_dim
+        inter = cfg.get("intermediate_size")
+        mlp = 3 * hidden * int(inter) if inter else max(0, body // n - attention)
+        layers = {i: [(b, mlp)] for i in range(n)}
+    if not layers:
+        return None
+    held = tuple(int(sum(_DEQUANT_HELD.get(b, 0) * size for b, size in mlp) * dtype_bytes) for mlp in layers.values())
+    peak = max(sum(_DEQUANT_PEAK.get(b, 2) * size for b, size in mlp) for mlp in layers.values())
+    with_scores = any(b not in _DEQUANT_HELD for mlp in layers.values() for b, _ in mlp)
+    return _Dequant(held, int(peak * dtype_bytes), with_scores)
 
 
 def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized: bool, on_gpu: bool,
-              final_kv: int) -> int:
+              final_kv: int, dequant: _Dequant | None = None) -> int:
     """Working memory beyond the weights and the final KV cache, at its peak.
 
     Follows what mlx-lm does with ``context`` tokens: the prompt is prefilled
@@ -428,18 +229,17 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     keys, the CPU materialises the attention scores (heads x L x S floats,
     plus a boolean mask) one layer at a time, next to about 17 (float) or 8
     (quantized) hidden-size activations per token; a quantized model's layers
-    are dequantized for the chunk (``cpu_kernels``), and MLX's lazy graph keeps
-    the q/k/v projections of every layer alive together with one layer's MLP.
+    are dequantized for the chunk (``cpu_kernels``): ``dequant`` says what that
+    holds and what one layer's MLP adds at its peak (see ``_DEQUANT_PEAK``).
     While sampling, a few vocabulary-sized vectors. On a GPU (measured on
     neither Metal nor CUDA here) attention is fused and quantized matmuls run
     directly, so only the activations and sampling terms are counted.
     """
-    cfg = _text_config(config)
+    cfg = text_config(config)
     hidden = int(cfg.get("hidden_size") or 0)
     heads = int(cfg.get("num_attention_heads") or 1)
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or hidden // heads)
-    inter = int(cfg.get("intermediate_size") or 4 * hidden)
     vocab = int(cfg.get("vocab_size") or 0)
     window = int(cfg.get("sliding_window") or 0)
     kinds = _layer_kinds(cfg)
@@ -449,10 +249,8 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     attending = [k for k in kinds[:-1] if k != "linear"] or ["full"]
 
     rows = _ACTIVATIONS_QUANTIZED if quantized else _ACTIVATIONS_FLOAT
-    dequantized = 0
-    if quantized and not on_gpu:
-        qkv = hidden * (heads + 2 * kv_heads) * head_dim
-        dequantized = (len(kinds) * qkv + hidden * (heads * head_dim + 3 * inter)) * dtype_bytes
+    if on_gpu:
+        dequant = None
     peak = _DECODE_VOCAB * vocab * 4 + final_kv
     done, prompt = 0, max(context - 1, 1)
     while done < prompt:
@@ -468,55 +266,16 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
         keys = seen if "full" in attending or not window else sliding_span
         scores = 0 if on_gpu else heads * chunk * keys * 4 + chunk * keys + 2 * chunk * heads * head_dim * 4
         activations = rows * chunk * hidden * dtype_bytes
-        work = max(scores, dequantized if chunk >= 2 else 0)
+        work = scores
+        if dequant is not None and chunk >= 2:
+            held = dequant.held_for(chunk, hidden * dtype_bytes)
+            work = held + (scores + dequant.peak if dequant.with_scores else max(scores, dequant.peak))
         peak = max(peak, kv + activations + work)
         done = seen
     return max(0, peak - final_kv)
 
 
-def _catalog_weights(entry: CatalogEntry, quantized: bool) -> tuple[dict[str, Any], list[_Weight]]:
-    """Weights from the catalog's parameter count: the embedding and the rest, 4-bit or float."""
-    arch = dict(entry.architecture)
-    hidden, vocab = int(arch.get("hidden_size") or 0), int(arch.get("vocab_size") or 0)
-    body = max(0, entry.parameters - vocab * hidden)
-    bits = 4 if quantized and entry.mlx_4bit_repo else None
-    group = 64 if bits else None
-    return arch, [_Weight("model.embed_tokens.weight", (vocab, hidden), bits, group),
-                  _Weight("model.layers.weight", (1, body), bits, group)]
-
-
-def _weights_of(located: Any, revision: str | None, offline: bool, gguf_weights: str) -> tuple[dict[str, Any], list[_Weight], str]:
-    """The config, the weights and where their sizes came from, for a located source."""
-    from . import _hub as hub
-    from .errors import ModelNotFoundError
-
-    if located.kind in ("default", "gguf"):
-        return (*_gguf_weights(located.path, gguf_weights), "the GGUF header")
-    if located.kind == "folder":
-        return (*_folder_weights(located.path), "safetensors headers")
-    folder = hub.cached_folder(located.repo, revision=revision)
-    if folder is not None:
-        return (*_folder_weights(folder), "safetensors headers (downloaded)")
-    entry = located.entry
-    from_catalog = entry is not None and revision is None and located.repo in entry.repos
-    basis = "the catalog"
-    if not offline:
-        try:
-            return (*_hub_weights(located.repo, revision), "the hub's safetensors metadata")
-        except ModelNotFoundError:
-            if not from_catalog:
-                raise
-        basis = "the catalog (hub out of reach)"
-    if from_catalog:
-        return (*_catalog_weights(entry, located.repo == entry.mlx_4bit_repo), basis)
-    raise ModelNotFoundError(
-        f"{located.repo} is not downloaded and offline mode is on, so its size is unknown: "
-        "estimate it once online, or download it first.",
-        source=str(located.repo),
-    )
-
-
-def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: str, *, context: int,
+def _assemble(name: str, config: dict[str, Any], weights: list[Weight], basis: str, *, context: int,
               bits: int | None, group_size: int, dtype: str | None) -> MemoryEstimate:
     from ._loading import model_dtype
 
@@ -528,14 +287,15 @@ def _assemble(name: str, config: dict[str, Any], weights: list[_Weight], basis: 
     kv = kv_cache_bytes(config, context, size)
     return MemoryEstimate(
         source=name,
-        weights=_weight_bytes(weights, size, bits, group_size),
+        weights=weight_bytes(weights, size, bits, group_size),
         kv_cache=kv,
-        overhead=_overhead(config, context, size, quantized, rt.on_gpu, kv),
+        overhead=_overhead(config, context, size, quantized, rt.on_gpu, kv,
+                           _dequant_work(config, weights, size, bits, group_size) if quantized else None),
         context=context,
         dtype=compute,
         bits=bits,
         basis=basis,
-        details={"parameters": sum(w.numel for w in weights), "layers": _layer_kinds(_text_config(config))},
+        details={"parameters": sum(w.numel for w in weights), "layers": _layer_kinds(text_config(config))},
     )
 
 
@@ -596,7 +356,7 @@ def estimate_located(located: Any, *, context: int = DEFAULT_CONTEXT, bits: int 
                      dtype: str | None = None, revision: str | None = None, offline: bool = True,
                      gguf_weights: str = "quantized") -> MemoryEstimate:
     """:func:`estimate_memory` for a source :func:`mlx_local._sources.locate` has already located."""
-    config, weights, basis = _weights_of(located, revision, offline, gguf_weights)
+    config, weights, basis = weights_of(located, revision, offline, gguf_weights)
     return _assemble(located.name, config, weights, basis, context=context, bits=bits, group_size=group_size, dtype=dtype)
 
 

@@ -33,6 +33,8 @@ def _check_fits(located: sources.Located, *, dtype: str | None, revision: str | 
                 gguf_weights: str) -> None:
     """Refuse a model that would not fit this machine, before any download or import."""
     from . import _memory as memory
+    from ._device import device_info
+    from ._units import format_bytes
     from .errors import InsufficientMemoryError
 
     context = memory.DEFAULT_CONTEXT
@@ -41,16 +43,16 @@ def _check_fits(located: sources.Located, *, dtype: str | None, revision: str | 
                                       offline=hub.is_offline(offline), gguf_weights=gguf_weights)
     except ModelNotFoundError:
         return  # not on disk and the hub out of reach: loading says so itself
-    device = memory.device_info()
+    device = device_info()
     if est.total <= device.usable_memory:
         return
     family = located.entry.family if located.entry else None
     other = memory.largest_fitting(device.usable_memory, context=context, family=family)
     hint = f" {other.name} would fit (`Model.load({other.name!r})`)." if other else " No catalog model fits either."
     raise InsufficientMemoryError(
-        f"{located.name} needs about {memory.format_bytes(est.total)} (weights {memory.format_bytes(est.weights)}, "
-        f"KV cache {memory.format_bytes(est.kv_cache)} for {context} tokens, overhead {memory.format_bytes(est.overhead)}) "
-        f"but this machine offers {memory.format_bytes(device.usable_memory)} ({device.usable_source}).{hint} "
+        f"{located.name} needs about {format_bytes(est.total)} (weights {format_bytes(est.weights)}, "
+        f"KV cache {format_bytes(est.kv_cache)} for {context} tokens, overhead {format_bytes(est.overhead)}) "
+        f"but this machine offers {format_bytes(device.usable_memory)} ({device.usable_source}).{hint} "
         "Pass force=True to load it anyway.",
         required=est.total,
         available=device.usable_memory,

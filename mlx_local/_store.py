@@ -27,9 +27,11 @@ from . import _assets as assets
 from . import _catalog as catalog
 from . import _hub as hub
 from ._catalog import CatalogEntry
+from ._device import DeviceInfo, device_info
 from ._fileio import storage_errors
-from ._memory import DEFAULT_CONTEXT, DeviceInfo, MemoryEstimate, device_info, format_bytes
+from ._memory import DEFAULT_CONTEXT, MemoryEstimate
 from ._sources import DEFAULT_ASSET, DEFAULT_ENTRY, DEFAULT_MODEL, default_imports, imports_dir, locate, models_dir
+from ._units import format_bytes
 from .errors import InvalidModelError, InvalidOptionError, ModelNotFoundError
 
 __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "remove", "models"]

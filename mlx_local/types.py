@@ -11,8 +11,9 @@ Nothing here needs constructing by hand except :class:`GenerationOptions`
 from __future__ import annotations
 
 from ._catalog import CatalogEntry, License
+from ._device import DeviceInfo
 from ._generation import Chunk, ChunkKind, FinishReason, GenerationOptions, Result, Stats, TokenLogprob
-from ._memory import DeviceInfo, MemoryEstimate
+from ._memory import MemoryEstimate
 from ._prompt_cache import PromptCache
 from ._quality import Quality
 from ._reply import Reply

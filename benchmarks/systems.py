@@ -212,15 +212,21 @@ class Loaded:
 
     def _run_ours(self, ids: Sequence[int], max_tokens: int, ban: Any, prompt_cache: list[Any] | None) -> Run:
         """Through the library's own path; its Stats time the run exactly as `timed` does."""
-        opts = mlx_local.types.GenerationOptions(max_tokens=max_tokens, temperature=0.0)
+        # A fixed number of tokens: no early end on a loop (random-weight models repeat themselves).
+        opts = mlx_local.types.GenerationOptions(max_tokens=max_tokens, temperature=0.0, stop_loops=False)
+        store = mlx_local.types.PromptCache() if prompt_cache is not None else None
         settle()
         held = mx.get_active_memory()
         mx.reset_peak_memory()
         start = time.perf_counter()
         stats = None
-        for chunk in self.model.run(ids, opts, logits_processors=[ban], prompt_cache=prompt_cache):
+        generated: list[int] = []
+        for chunk in self.model.run(ids, opts, logits_processors=[ban], prompt_cache=store):
             stats = chunk.stats or stats
+            generated += chunk.token_ids
         end = time.perf_counter()
+        if store is not None:  # the library made the cache; take it back to measure it
+            prompt_cache, _ = store.take([*ids, *generated, 0])
         settle_stream_only()
         peak = mx.get_peak_memory()
         assert stats is not None

@@ -256,7 +256,7 @@ def cmd_bench(args: argparse.Namespace, out: Output) -> int:
     load_s = time.perf_counter() - start
     words = ("The river town kept a record of every flood, fair and harvest for three hundred years. " * 200)
     prompt = model.encode(words, raw=True)[: args.prompt_tokens]
-    opts = model.default_options.updated(max_tokens=args.tokens, temperature=0.0, stop=())
+    opts = model.default_options.updated(max_tokens=args.tokens, temperature=0.0, stop=(), stop_loops=False)
     runs = []
     for i in range(args.runs):
         out.note(f"run {i + 1}/{args.runs}")

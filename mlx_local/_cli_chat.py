@@ -141,8 +141,6 @@ def cmd_chat(args: argparse.Namespace, out: Output) -> int:
     state: dict[str, Any] = {
         "chat": model.chat(system=args.system, thinking=thinking_mode(args), thinking_budget=args.budget, **generation_options(args))
     }
-    if args.budget is not None and state["chat"].support == "none":
-        out.err.print(f"{model.name} cannot think; --budget has no effect.", markup=False, style="yellow")
     out.err.print(f"Chatting with {model.name}. /help for commands, Ctrl-D to leave.", markup=False, style="bold")
     with _line_editing():
         while True:

@@ -177,8 +177,10 @@ def test_chat_wraps_answers_between_words_and_shows_a_spinner(smollm2_gguf, tmp_
 
 
 def test_chat_budget_refused_on_a_model_that_cannot_think(smollm2_gguf, tmp_path):
-    child = spawn_chat(tmp_path, 120, "--max-tokens", "8", "--budget", "10")
-    assert "SmolLM2-135M-Instruct cannot think; --budget has no effect." in without_styles(child.before)
+    # --budget is refused like --think on: the library raises, the command says so and exits 1
+    proc = mlx_local_cmd("chat", "--budget", "10", stdin="")
+    assert proc.returncode == 1 and "cannot think" in proc.stderr and "--budget" in proc.stderr, proc.stderr
+    child = spawn_chat(tmp_path, 120, "--max-tokens", "8")
     assert "SmolLM2-135M-Instruct cannot think; /budget has no effect." in ask(child, "/budget 10")
     assert "no answer yet" in ask(child, "/stats")
     child.sendline("/exit")

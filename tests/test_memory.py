@@ -73,14 +73,17 @@ def test_weights_estimate_is_exact_for_gguf_before_import(smollm2_gguf, gguf_wei
 ])  # fmt: skip
 @pytest.mark.parametrize("prompt_tokens", [40, 300, 700])
 def test_kv_cache_estimate_matches_mlx_lm_caches(tmp_path, arch, overrides, prompt_tokens):
-    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_local.types import PromptCache
 
     folder = write_tiny_model(tmp_path / arch, arch, seed=1, **overrides)
     model = mlx_local.Model.load(folder)
-    cache = make_prompt_cache(model.module)
+    store = PromptCache()
     ids = (model.encode("The cat sat on the mat and looked at the dog. ", raw=True) * 200)[:prompt_tokens]
     opts = model.default_options.updated(max_tokens=20, temperature=0.0)
-    result = list(model.run(ids, opts, prompt_cache=cache))
+    result = list(model.run(ids, opts, prompt_cache=store))
+    generated = [t for chunk in result for t in chunk.token_ids]
+    cache, held = store.take(ids + generated + [0])  # the whole cache back, untrimmed
+    assert held == len(ids) + len(generated)
     context = prompt_tokens + result[-1].stats.generated_tokens
     assert mlx_local.estimate_memory(folder, context=context).kv_cache == _cache_bytes(cache)
 

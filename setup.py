@@ -1,11 +1,11 @@
 """Builds mlx_local's optional native CPU kernels (issue 14); everything else is in pyproject.toml.
 
-On Linux x86-64 the MLX C++ extension ``mlx_local._native_ext`` (sources in
-``csrc/native``) is built with CMake against the mlx installed in the build
+On Linux x86-64 the MLX C++ extension ``mlx_local/_native_lib/_native_ext*.so``
+(sources in ``csrc/native``) is built with CMake against the mlx installed in the build
 environment and nanobind 3.1.0 (the nanobind ABI of mlx 0.32's ``core.so``).
 Nothing here can make the install fail: without a compiler or CMake, or if the
 build fails, a warning is printed and mlx_local installs without it and runs as
-before.  Either way ``mlx_local/_native_build.json`` records what happened
+before.  Either way ``_native_lib/_native_build.json`` beside it records what happened
 (mlx version, nanobind ABI, the module's SHA-256, or why it was not built);
 ``mlx_local/_native.py`` checks that record before it loads anything.
 
@@ -33,7 +33,8 @@ from typing import Any
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NATIVE = "mlx_local._native_ext"
+# in a folder that is not a package, so that nothing imports it by accident (pkgutil does not list it)
+NATIVE = "mlx_local._native_lib._native_ext"
 RECORD = "_native_build.json"
 SOURCES = Path(__file__).resolve().parent / "csrc" / "native"
 _ABI = re.compile(rb"nanobind_[A-Za-z0-9_]*?_a\d+_v\d+(?:_stable)?")
@@ -86,8 +87,10 @@ class NativeBuild(build_ext):
 
     def copy_extensions_to_source(self) -> None:
         """In-place and editable builds: the record goes beside the module; a stale module goes away."""
-        super().copy_extensions_to_source()
         build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            Path(self._get_inplace_equivalent(build_py, ext)[0]).parent.mkdir(parents=True, exist_ok=True)
+        super().copy_extensions_to_source()
         for ext in self.extensions:
             inplace, regular = (Path(p) for p in self._get_inplace_equivalent(build_py, ext))
             if (regular.parent / RECORD).exists():

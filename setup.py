@@ -60,6 +60,8 @@ def _skip_reason() -> str | None:
     if not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")):
         return f"only built on Linux x86-64, not {sys.platform} {platform.machine()}"
     missing = [tool for tool in ("cmake", os.environ.get("CXX", "c++")) if shutil.which(tool) is None]
+    if not (shutil.which("ninja") or shutil.which("make")):
+        missing.append("make (or ninja)")
     if missing:
         return f"{' and '.join(missing)} not found (./setup.sh installs g++ and cmake)"
     return None
@@ -103,6 +105,10 @@ class NativeBuild(build_ext):
         import nanobind
 
         tmp = Path(self.build_temp).resolve() / "native"
+        if self.inplace or getattr(self, "editable_mode", False):
+            # a source tree (./setup.sh, editable): keep the CMake build for the next run
+            key = hashlib.sha1(f"{sys.executable} {mx.__file__} {mx.__version__}".encode()).hexdigest()[:10]
+            tmp = SOURCES.parent.parent / "build" / f"native-{key}"
         tmp.mkdir(parents=True, exist_ok=True)
         built = tmp / "lib"
         args = ["cmake", "-S", str(SOURCES), "-B", str(tmp), "-DCMAKE_BUILD_TYPE=Release",

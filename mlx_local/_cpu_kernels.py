@@ -65,7 +65,7 @@ def set_native_mode(mode: str) -> str:
     """
     global _mode
     if mode not in ("exact", "int8", "off"):
-        raise InvalidOptionError(f"native mode must be 'exact', 'int8' or 'off', not {mode!r}")
+        raise InvalidOptionError(f"native mode must be 'exact', 'int8' or 'off', not {mode!r}", option="mode")
     previous, _mode = _mode, mode
     return previous
 

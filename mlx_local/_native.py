@@ -41,6 +41,7 @@ RECORD = "_native_build.json"
 MODES = ("exact", "int8")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
+_ARGUMENTS = ("x", "w", "scales", "biases", "group_size", "bits")
 _ABI = re.compile(rb"nanobind_[A-Za-z0-9_]*?_a\d+_v\d+(?:_stable)?")
 
 
@@ -115,11 +116,11 @@ def _self_test(ext: ModuleType) -> str:
     return ""
 
 
-def probe(folder: Path | None = None) -> Native:
+def probe(folder: Path | str | None = None) -> Native:
     """Check, load and self-test the native kernels in ``folder`` (default: this package's)."""
     if os.environ.get("MLX_LOCAL_NATIVE", "").strip().lower() == "off":
         return Native(None, "off: MLX_LOCAL_NATIVE=off")
-    so, reason = _check(Path(__file__).parent / "_native_lib" if folder is None else folder)
+    so, reason = _check(Path(__file__).parent / "_native_lib" if folder is None else Path(folder))
     if so is None:
         return Native(None, reason)
     try:
@@ -173,11 +174,13 @@ def quantized_matmul(
     products) or ``"int8"`` (activations quantized to int8 per 32 elements).
     """
     if mode not in MODES:
-        raise InvalidOptionError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+        raise InvalidOptionError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}", option="mode")
     ext = load().module
     if ext is not None and biases is not None and x.ndim >= 1 and supports(bits, group_size, x.shape[-1]):
         try:
             return ext.quantized_matmul(x, w, scales, biases, group_size, bits, "f32" if mode == "exact" else "int8")
-        except ValueError as e:
-            raise InvalidOptionError(str(e)) from None
+        except ValueError as e:  # the op names the culprit first: "quantized_matmul: scales must be ..."
+            words = str(e).split(": ", 1)[-1].split()
+            culprit = words[0] if words and words[0] in _ARGUMENTS else "x"
+            raise InvalidOptionError(str(e), option=culprit) from None
     return mx.quantized_matmul(x, w, scales, biases, transpose=True, group_size=group_size, bits=bits)

@@ -83,8 +83,10 @@ class NativeBuild(build_ext):
             except Exception as e:  # the install goes on without the kernels
                 reason = f"build failed: {type(e).__name__}: {e}".strip()
         out.unlink(missing_ok=True)
-        print(f"WARNING: mlx_local's native CPU kernels were not built ({reason}); mlx_local works without them, slower on CPU.",
-              file=sys.stderr)
+        print(
+            f"WARNING: mlx_local's native CPU kernels were not built ({reason}); mlx_local works without them, slower on CPU.",
+            file=sys.stderr,
+        )
         _write_json(record, {"built": False, "reason": reason[-2000:]})
 
     def copy_extensions_to_source(self) -> None:
@@ -107,12 +109,20 @@ class NativeBuild(build_ext):
         tmp = Path(self.build_temp).resolve() / "native"
         if self.inplace or getattr(self, "editable_mode", False):
             # a source tree (./setup.sh, editable): keep the CMake build for the next run
-            key = hashlib.sha1(f"{sys.executable} {mx.__file__} {mx.__version__}".encode()).hexdigest()[:10]
+            key = hashlib.sha1(f"{sys.executable} {mx.__file__} {getattr(mx, '__version__', '')}".encode()).hexdigest()[:10]
             tmp = SOURCES.parent.parent / "build" / f"native-{key}"
         tmp.mkdir(parents=True, exist_ok=True)
         built = tmp / "lib"
-        args = ["cmake", "-S", str(SOURCES), "-B", str(tmp), "-DCMAKE_BUILD_TYPE=Release",
-                f"-DPython_EXECUTABLE={sys.executable}", f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={built}"]
+        args = [
+            "cmake",
+            "-S",
+            str(SOURCES),
+            "-B",
+            str(tmp),
+            "-DCMAKE_BUILD_TYPE=Release",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={built}",
+        ]
         if shutil.which("ninja"):
             args += ["-G", "Ninja"]
         jobs = str(max(1, min(os.cpu_count() or 1, 4)))
@@ -121,16 +131,17 @@ class NativeBuild(build_ext):
             if run.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd[:2])} exited with {run.returncode}: {(run.stdout + run.stderr)[-1500:]}")
         so = next(built.glob("_native_ext*.so"))
+        version = str(getattr(mx, "__version__", ""))
         core = Path(mx.__file__)
         abi, mlx_abi = nanobind_abi(so), nanobind_abi(core)
         if abi != mlx_abi:
-            raise RuntimeError(f"nanobind {nanobind.__version__} has ABI {abi}, mlx {mx.__version__}'s core.so {mlx_abi}")
+            raise RuntimeError(f"nanobind {nanobind.__version__} has ABI {abi}, mlx {version}'s core.so {mlx_abi}")
         shutil.copyfile(so, out)
         return {
             "built": True,
             "file": out.name,
             "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-            "mlx": mx.__version__,
+            "mlx": version,
             "nanobind": nanobind.__version__,
             "nanobind_abi": abi,
             "python": sys.implementation.cache_tag,

@@ -27,9 +27,8 @@ logits within about 1%). :func:`native_status` says which kernels run.
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -89,6 +88,7 @@ def native_status() -> str:
     kind = "float32" if _mode == "exact" else "int8"
     return f"native {isa} {kind}, {native.threads} thread{'s' if native.threads != 1 else ''}"
 
+
 _streams: tuple[Any, Any] | None = None
 
 
@@ -110,12 +110,7 @@ def _qmm(x: mx.array, layer: Any) -> mx.array:
     """``x @ W.T`` for a quantized layer's W, the fastest way on the CPU."""
     biases = layer.get("biases")
     rows = _rows(x)
-    if (
-        rows <= NATIVE_ROWS
-        and biases is not None
-        and _native.supports(layer.bits, layer.group_size, x.shape[-1])
-        and _native_on()
-    ):
+    if rows <= NATIVE_ROWS and biases is not None and _native.supports(layer.bits, layer.group_size, x.shape[-1]) and _native_on():
         return _native.quantized_matmul(
             x, layer.weight, layer.scales, biases, group_size=layer.group_size, bits=layer.bits, mode=_mode
         )

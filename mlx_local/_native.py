@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 import mlx.core as mx
 
@@ -41,6 +42,7 @@ RECORD = "_native_build.json"
 MODES = ("exact", "int8")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
+_MLX_VERSION = str(getattr(mx, "__version__", ""))
 _ARGUMENTS = ("x", "w", "scales", "biases", "group_size", "bits")
 _ABI = re.compile(rb"nanobind_[A-Za-z0-9_]*?_a\d+_v\d+(?:_stable)?")
 
@@ -85,8 +87,8 @@ def _check(folder: Path) -> tuple[Path | None, str]:
     so = folder / str(record.get("file", ""))
     if not so.is_file():
         return None, f"not built: {so.name} is missing"
-    if record.get("mlx") != mx.__version__:
-        return None, f"refused: built for mlx {record.get('mlx')}, this is mlx {mx.__version__} (rebuild: ./setup.sh)"
+    if record.get("mlx") != _MLX_VERSION:
+        return None, f"refused: built for mlx {record.get('mlx')}, this is mlx {_MLX_VERSION} (rebuild: ./setup.sh)"
     if record.get("python") != sys.implementation.cache_tag:
         return None, f"refused: built for {record.get('python')}, this is {sys.implementation.cache_tag}"
     if hashlib.sha256(so.read_bytes()).hexdigest() != record.get("sha256"):
@@ -110,7 +112,7 @@ def _self_test(ext: ModuleType) -> str:
         ref = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=64, bits=bits)
         for mode in ("f32", "int8"):
             y = ext.quantized_matmul(x, q, s, b, 64, bits, mode)
-            err = (mx.abs(y - ref).max() / mx.abs(ref).max()).item()
+            err = cast(float, (mx.abs(y - ref).max() / mx.abs(ref).max()).item())
             if not err < (1e-5 if mode == "f32" else 0.05):
                 return f"{bits}-bit {mode} kernel off by {err:.2g} (relative)"
     return ""
@@ -131,8 +133,8 @@ def probe(folder: Path | str | None = None) -> Native:
         spec.loader.exec_module(ext)
         if not ext.cpu_supported():
             return Native(None, "unsupported CPU: the kernels need AVX2, FMA and F16C")
-        if ext.BUILT_FOR_MLX != mx.__version__:
-            return Native(None, f"refused: compiled against mlx {ext.BUILT_FOR_MLX}, this is mlx {mx.__version__}")
+        if ext.BUILT_FOR_MLX != _MLX_VERSION:
+            return Native(None, f"refused: compiled against mlx {ext.BUILT_FOR_MLX}, this is mlx {_MLX_VERSION}")
         failed = _self_test(ext)
     except Exception as e:  # an ImportError, a missing symbol, a kernel error: run without it
         return Native(None, f"failed to load: {type(e).__name__}: {e}")
@@ -178,7 +180,8 @@ def quantized_matmul(
     ext = load().module
     if ext is not None and biases is not None and x.ndim >= 1 and supports(bits, group_size, x.shape[-1]):
         try:
-            return ext.quantized_matmul(x, w, scales, biases, group_size, bits, "f32" if mode == "exact" else "int8")
+            y: mx.array = ext.quantized_matmul(x, w, scales, biases, group_size, bits, "f32" if mode == "exact" else "int8")
+            return y
         except ValueError as e:  # the op names the culprit first: "quantized_matmul: scales must be ..."
             words = str(e).split(": ", 1)[-1].split()
             culprit = words[0] if words and words[0] in _ARGUMENTS else "x"

@@ -138,7 +138,9 @@ def test_bad_inputs_are_clear_errors(ext):
     x = mx.zeros((1, 256))
     with pytest.raises(mlx_local.InvalidOptionError, match="scales must be float \\[64, 4\\], got shape \\(64, 3\\)"):
         _native.quantized_matmul(x, q, s[:, :3], b, group_size=64, bits=4)
-    with pytest.raises(mlx_local.InvalidOptionError, match="w of shape \\(64, 32\\) does not hold 4-bit rows of x's last dimension 128"):
+    with pytest.raises(
+        mlx_local.InvalidOptionError, match="w of shape \\(64, 32\\) does not hold 4-bit rows of x's last dimension 128"
+    ):
         _native.quantized_matmul(mx.zeros((1, 128)), q, s, b, group_size=64, bits=4)
     with pytest.raises(mlx_local.InvalidOptionError, match="w must be a 2-D uint32 array"):
         _native.quantized_matmul(x, q.astype(mx.int32), s, b, group_size=64, bits=4)

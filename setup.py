@@ -67,6 +67,12 @@ def _skip_reason() -> str | None:
     return None
 
 
+class _BuildError(RuntimeError):
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log
+
+
 class NativeBuild(build_ext):
     """build_ext that builds the CMake extension, and never fails the install."""
 
@@ -74,20 +80,21 @@ class NativeBuild(build_ext):
         out = Path(self.get_ext_fullpath(ext.name)).resolve()
         out.parent.mkdir(parents=True, exist_ok=True)
         record = out.parent / RECORD
-        reason = _skip_reason()
+        reason, log = _skip_reason(), ""
         if reason is None:
             try:
                 _write_json(record, self._build(out))
                 print(f"mlx_local: built the native CPU kernels ({out.name})")
                 return
             except Exception as e:  # the install goes on without the kernels
-                reason = f"build failed: {type(e).__name__}: {e}".strip()
+                reason = f"build failed: {e}" if isinstance(e, _BuildError) else f"build failed: {type(e).__name__}: {e}"
+                log = e.log if isinstance(e, _BuildError) else ""
         out.unlink(missing_ok=True)
         print(
             f"WARNING: mlx_local's native CPU kernels were not built ({reason}); mlx_local works without them, slower on CPU.",
             file=sys.stderr,
         )
-        _write_json(record, {"built": False, "reason": reason[-2000:]})
+        _write_json(record, {"built": False, "reason": reason, "log": log})
 
     def copy_extensions_to_source(self) -> None:
         """In-place and editable builds: the record goes beside the module; a stale module goes away."""
@@ -129,7 +136,9 @@ class NativeBuild(build_ext):
         for cmd in (args, ["cmake", "--build", str(tmp), "--parallel", jobs]):
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd[:2])} exited with {run.returncode}: {(run.stdout + run.stderr)[-1500:]}")
+                output = run.stdout + run.stderr
+                errors = [line.strip() for line in output.splitlines() if "error" in line.lower()]
+                raise _BuildError(f"{' '.join(cmd[:2])} exited with {run.returncode}: {(errors or ['?'])[0][:200]}", output[-3000:])
         so = next(built.glob("_native_ext*.so"))
         version = str(getattr(mx, "__version__", ""))
         core = Path(mx.__file__)

@@ -20,7 +20,7 @@ touched: memory stays that of the quantized model, and saving, loading and
 
 With mlx_local's native kernels loaded (:mod:`mlx_local._native`, Linux
 x86-64), products of up to :data:`NATIVE_ROWS` rows (decoding, short prompts)
-of 4- and 8-bit layers go to them instead: SIMD, threaded over the cores,
+of 4-, 5- and 8-bit layers go to them instead: SIMD, threaded over the cores,
 exact float32 by default (``MLX_LOCAL_NATIVE=int8``: int8 activations, faster,
 logits within about 1%). :func:`native_status` says which kernels run.
 """

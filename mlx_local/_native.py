@@ -40,7 +40,7 @@ MODULE = "mlx_local._native_ext"
 RECORD = "_native_build.json"
 #: The kernels' activation modes: exact float32 products, or int8 activations per 32 elements.
 MODES = ("exact", "int8")
-BITS = (4, 8)
+BITS = (4, 5, 8)
 GROUP_SIZES = (32, 64, 128)
 _MLX_VERSION = str(getattr(mx, "__version__", ""))
 _ARGUMENTS = ("x", "w", "scales", "biases", "group_size", "bits")

@@ -15,7 +15,7 @@ struct Args {
   const void* scales;  // [N, K/G] of ScaleType
   const void* biases;  // [N, K/G] of ScaleType
   int stype;           // ScaleType
-  int bits;            // 4 or 8
+  int bits;            // 4, 5 or 8
   int N, K, G, M;
   // prepared activations, M rows of each (see prep_x in qmatmul.cpp)
   const int8_t* xq;    // [M, K] int8; 4 bits: per 64-block the 32 evens then the 32 odds

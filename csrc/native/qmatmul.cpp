@@ -81,7 +81,7 @@ void prep_x(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int bit
             const int e = h * 32 + i;
             int v = (int)std::nearbyint(buf[e] * id);
             v = v > 127 ? 127 : (v < -127 ? -127 : v);
-            const int pos = bits == 4 ? (e & 1) * 32 + (e >> 1) : e;
+            const int pos = bits == 4 ? (e & 1) * 32 + (e >> 1) : e;  // 5, 8 bits: in order
             q[b * 64 + pos] = (int8_t)v;
             qsum += v;
           }
@@ -219,14 +219,14 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
   const int mode = mode_s == "int8" ? MODE_INT8 : mode_s == "f32" ? MODE_F32 : -1;
   if (mode < 0) fail("mode must be 'int8' or 'f32', not '" + mode_s + "'");
   const int isa = parse_isa(isa_s);
-  if (bits != 4 && bits != 8) fail("bits must be 4 or 8, not " + std::to_string(bits));
+  if (bits != 4 && bits != 5 && bits != 8) fail("bits must be 4, 5 or 8, not " + std::to_string(bits));
   if (group_size != 32 && group_size != 64 && group_size != 128)
     fail("group_size must be 32, 64 or 128, not " + std::to_string(group_size));
   if (x.ndim() < 1 || !is_float(x.dtype()))
     fail("x must be a float32, bfloat16 or float16 array of at least one dimension, got shape " + shape_str(x));
   if (w.ndim() != 2 || w.dtype() != mx::uint32) fail("w must be a 2-D uint32 array, got shape " + shape_str(w));
   const int K = x.shape(-1), N = w.shape(0);
-  if ((int64_t)w.shape(1) * 32 / bits != K)
+  if ((int64_t)w.shape(1) * 32 != (int64_t)K * bits)
     fail("w of shape " + shape_str(w) + " does not hold " + std::to_string(bits) + "-bit rows of x's last dimension " +
          std::to_string(K));
   if (K % 64 != 0) fail("x's last dimension must be a multiple of 64, got " + std::to_string(K));

@@ -13,7 +13,7 @@ enum Isa : int { ISA_AUTO = 0, ISA_AVX2 = 1, ISA_AVX512VNNI = 2, ISA_AVXVNNI = 3
 
 // x: [..., K] float32 / bfloat16 / float16 (any strides); w: uint32 [N, K*bits/32];
 // scales, biases: [N, K/group_size] float32 / bfloat16 / float16.
-// bits 4 or 8, group_size 32, 64 or 128, K a multiple of 64.
+// bits 4, 5 or 8, group_size 32, 64 or 128, K a multiple of 64.
 // mode: "int8" (int8 activations per 32 elements) or "f32" (exact float32).
 // isa: "auto", "avx2", "avx512vnni" or "avxvnni" (int8 mode).
 // Throws std::invalid_argument naming the culprit for anything else.

@@ -109,6 +109,17 @@ def test_strided_and_batched_inputs(ext):
     assert _rel_err(y, _reference(x, qb[::2], sb[::2], bb[::2], 8, 64)) < 1e-5
 
 
+@pytest.mark.parametrize("bits", [4, 5, 8])
+def test_every_instruction_set_of_this_cpu_gives_the_same_int8_result(ext, bits):
+    q, s, b = _quantized(72, 256, bits, 32)
+    x = mx.random.normal((3, 256), key=mx.random.key(7))
+    isas = ext.available_isas().split()
+    assert "avx2" in isas and ext.best_isa() in isas
+    results = {isa: np.asarray(ext.quantized_matmul(x, q, s, b, 32, bits, "int8", isa)) for isa in isas}
+    for isa, y in results.items():  # the same integer dot products, by maddubs or by vpdpbusd
+        assert np.array_equal(y, results["avx2"]), isa
+
+
 def test_threads_split_the_work_without_changing_the_result(ext):
     q, s, b = _quantized(4096, 1024, 4, 64)  # 2 MB of weights: worth the threads
     x = mx.random.normal((2, 1024), key=mx.random.key(6))

@@ -19,8 +19,29 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
+# --- native CPU kernels (issue 14, Linux x86-64): g++/cmake, then build against the very mlx installed here
+# (no build isolation). setup.py never fails the install: without them it warns and mlx_local runs as before.
+native=()
+if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ] && [ "${MLX_LOCAL_NATIVE:-}" != off ]; then
+  if ! command -v g++ >/dev/null || ! command -v cmake >/dev/null || ! command -v make >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      step "installing g++ and cmake for the native CPU kernels"
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ cmake make >/dev/null \
+        || echo "warning: could not install g++/cmake; mlx_local works without its native CPU kernels, only slower"
+    else
+      echo "note: for mlx_local's native CPU kernels install g++ and cmake (e.g. sudo apt-get install g++ cmake make)"
+    fi
+  fi
+  step "installing the build tools and mlx for the native CPU kernels"
+  "${pip[@]}" "setuptools>=70" "nanobind==3.1.0" "mlx[cpu]>=0.32,<0.33" && native=(--no-build-isolation)
+fi
+# --- end native CPU kernels
+
 step "installing mlx_local and its dependencies"
-if [ $dev = 1 ]; then "${pip[@]}" -e ".[test]"; else "${pip[@]}" -e .; fi
+if [ $dev = 1 ]; then "${pip[@]}" ${native[@]+"${native[@]}"} -e ".[test]"; else "${pip[@]}" ${native[@]+"${native[@]}"} -e .; fi
+if [ ${#native[@]} -gt 0 ]; then  # native CPU kernels: say whether they were built and load
+  .venv/bin/python -c "from mlx_local._cpu_kernels import native_status; print('native CPU kernels:', native_status())"
+fi
 
 # PyTorch for the reference tests (tests/test_reference.py), the CPU build. On Linux the default
 # index (PyPI) resolves torch to the CUDA build plus ~28 NVIDIA packages (several GB): take it from

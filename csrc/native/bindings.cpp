@@ -1,0 +1,28 @@
+// The nanobind module mlx_local._native_ext (loaded by mlx_local/_native.py only
+// after checking that it was built for the running mlx and nanobind ABI).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include <string>
+
+#include "mlx/version.h"
+#include "pool.h"
+#include "qmatmul.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_native_ext, m) {
+  m.doc() = "mlx_local's native CPU kernels for MLX (Linux x86-64)";
+  m.def("quantized_matmul", &mlxl::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a, "group_size"_a, "bits"_a,
+        "mode"_a = "int8", "isa"_a = "auto", "x @ dequantize(w).T for MLX affine quantized weights (CPU).");
+  m.def("cpu_supported", &mlxl::cpu_supported, "True if this CPU has AVX2, FMA and F16C.");
+  m.def("best_isa", &mlxl::best_isa, "The instruction set of the int8 kernels with isa='auto'.");
+  m.def("available_isas", &mlxl::available_isas, "The kernels' instruction sets this CPU runs.");
+  m.def("num_threads", &mlxl::num_threads, "Threads the kernels use.");
+  m.def("pool_size", &mlxl::pool_size, "Threads in the pool (MLX_LOCAL_NATIVE_THREADS or physical cores).");
+  m.def("set_num_threads", &mlxl::set_num_threads, "n"_a, "Use n threads (1 .. pool_size()).");
+  // the mlx headers this module was compiled against (the loader also checks the build record)
+  m.attr("BUILT_FOR_MLX") = std::to_string(MLX_VERSION_MAJOR) + "." + std::to_string(MLX_VERSION_MINOR) + "." +
+                            std::to_string(MLX_VERSION_PATCH);
+}

@@ -139,20 +139,22 @@ def _qmm(x: mx.array, layer: Any) -> mx.array:
     return part(slice(0, n))
 
 
-class CPUQuantizedLinear(nn.QuantizedLinear):
+class CPUQuantizedLinear(nn.QuantizedLinear):  # type: ignore[misc]
     def __call__(self, x: mx.array) -> mx.array:
         if self.mode != "affine":
-            return super().__call__(x)
+            out: mx.array = super().__call__(x)
+            return out
         y = _qmm(x, self)
         if "bias" in self:
             y = y + self["bias"]
         return y
 
 
-class CPUQuantizedEmbedding(nn.QuantizedEmbedding):
+class CPUQuantizedEmbedding(nn.QuantizedEmbedding):  # type: ignore[misc]
     def as_linear(self, x: mx.array) -> mx.array:
         if self.mode != "affine":
-            return super().as_linear(x)
+            out: mx.array = super().as_linear(x)
+            return out
         return _qmm(x, self)
 
 

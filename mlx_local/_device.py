@@ -37,6 +37,8 @@ class DeviceInfo:
             there is one), capped by ``MLX_LOCAL_MEMORY_LIMIT`` if set.
         usable_source: where ``usable_memory`` comes from.
         blas: the BLAS behind CPU matmuls.
+        cpu_kernels: which quantized matmul kernels run on the CPU (mlx_local's
+            native ones, or why not: see ``MLX_LOCAL_NATIVE``).
     """
 
     backend: str
@@ -45,6 +47,7 @@ class DeviceInfo:
     usable_memory: int
     usable_source: str
     blas: str
+    cpu_kernels: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
@@ -54,6 +57,7 @@ class DeviceInfo:
         return (
             f"{self.processor} ({self.backend}), {format_bytes(self.total_memory)} memory, "
             f"{format_bytes(self.usable_memory)} usable ({self.usable_source}), BLAS: {self.blas}"
+            + (f", quantized kernels: {self.cpu_kernels}" if self.cpu_kernels else "")
         )
 
 
@@ -137,4 +141,7 @@ def device_info() -> DeviceInfo:
         pass
     total = int(info.get("memory_size") or _total_memory())
     usable, source = _capped(*_usable(rt.backend, info, total))
-    return DeviceInfo(rt.backend, rt.processor, total, usable, source, rt.blas)
+    from ._cpu_kernels import native_status
+
+    kernels = native_status() if rt.backend == "cpu" else ""
+    return DeviceInfo(rt.backend, rt.processor, total, usable, source, rt.blas, kernels)

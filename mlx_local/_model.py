@@ -208,7 +208,12 @@ class Model:
         return self._defaults
 
     def __repr__(self) -> str:
-        where = self.runtime.backend if self.device == "gpu" else f"cpu with {self.runtime.blas.split(' (')[0]}"
+        if self.device == "gpu":
+            where = self.runtime.backend
+        else:
+            from ._cpu_kernels import native_status
+
+            where = f"cpu with {self.runtime.blas.split(' (')[0]}, quantized kernels: {native_status()}"
         return (
             f"Model({self.name!r}, {self.architecture}, {self.parameters / 1e6:.0f}M params, "
             f"quantization {self.quantization}, computes in {self.dtype} on {where})"

@@ -17,6 +17,8 @@ from mlx_local import Chat, ChatError, InvalidOptionError
 
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 def force(logits, token_id: int):
     mask = mx.full(logits.shape, -float("inf"), dtype=logits.dtype)

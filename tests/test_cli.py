@@ -18,6 +18,8 @@ import pytest
 from hub_server import FakeHub
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 CLI = str(Path(sys.executable).with_name("mlx-local"))
 
 

@@ -13,6 +13,8 @@ import mlx_local
 import mlx_local.types
 from mlx_local._cli import main
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or pseudo-terminals
+
 
 @pytest.fixture
 def offline_env(monkeypatch, hf_cache, models_home):

@@ -14,6 +14,8 @@ import pexpect
 import pytest
 from test_cli import CLI, mlx_local_cmd
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or pseudo-terminals
+
 HEADERS = ("name", "lab", "params", "context", "thinks", "license", "commercial", "needs", "fits", "on disk")
 TABLE_LINE = tuple("┏┃┡│└")
 

@@ -30,6 +30,8 @@ from mlx_local.types import ConversionReport
 from conftest import put_in_hf_cache
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 PARIS = "What is the capital of France?"
 TOKENS = 512  # quality_tokens for the SmolLM2 tests
 

@@ -13,6 +13,8 @@ import pytest
 
 import mlx_local
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 @pytest.fixture
 def bare_home(tmp_path, monkeypatch, hf_cache):

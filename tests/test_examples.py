@@ -66,6 +66,8 @@ import mlx_local  # noqa: E402
 
 from tiny_models import write_tiny_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 STREAM_STATS = re.compile(
     r"^\[(stop|length)\] time to first token ([\d.]+) s \| prompt (\d+) tokens at ([\d.]+) tok/s \| "
     r"decode (\d+) tokens at ([\d.]+) tok/s \| peak memory (\d+) MiB$",

@@ -49,6 +49,8 @@ from mlx_local.errors import UnsupportedArchitectureError
 
 from tiny_models import copy_tokenizer, tiny_config, tiny_weights
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 T = gguf.GGMLQuantizationType
 RTOL = 1e-4  # max |logits - reference| / max |reference|, float32 against float32
 

@@ -14,6 +14,8 @@ from mlx_local.errors import HubUnreachableError
 from conftest import put_in_hf_cache
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 @pytest.fixture(scope="module")
 def cached_repo(tmp_path_factory):

@@ -16,7 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import mlx_local
+
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
 
 
 def scratch(home: Path) -> list[str]:

@@ -12,6 +12,8 @@ import mlx_local
 
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 @pytest.fixture(scope="module")
 def mlx_4bit_folder(tmp_path_factory):

@@ -16,6 +16,8 @@ from mlx_local import _units as units
 
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models and subprocesses
+
 HERE = Path(__file__).parent
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 import mlx_local
 from mlx_local.types import Chunk, Result
+
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
 
 PARIS = "What is the capital of France?"
 

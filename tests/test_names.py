@@ -12,6 +12,8 @@ import pytest
 import mlx_local
 from mlx_local import _assets as assets
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 @pytest.fixture
 def default(models_home, hf_cache, no_network) -> mlx_local.Model:

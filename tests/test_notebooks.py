@@ -30,6 +30,8 @@ from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "examples" / "notebooks"
 EXPECTED = ["getting_started.ipynb", "quantization.ipynb"]
 KERNEL_NAME = "mlx-local-python"

@@ -7,6 +7,8 @@ import pytest
 
 import mlx_local
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 @pytest.mark.parametrize("offline", [None, True])
 def test_gguf_on_disk_needs_no_network(smollm2_gguf, no_network, offline, tmp_path, monkeypatch):

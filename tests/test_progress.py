@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or pseudo-terminals
+
 TESTS = Path(__file__).parent
 
 FILES = {

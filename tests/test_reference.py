@@ -31,6 +31,8 @@ import mlx_local
 
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 #: Relative logit tolerance for float32 against float32 (see the module docstring).
 RTOL = 1e-4
 

@@ -27,6 +27,8 @@ from mlx_local._fileio import DestinationExists, clear_stale, staged_folder
 
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 def leftovers(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.parent.glob(f".{dest.name}.partial-*"))

@@ -27,6 +27,8 @@ from mlx_local.errors import StorageError
 
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 
 @pytest.fixture
 def read_only():

@@ -23,6 +23,8 @@ from conftest import put_in_hf_cache
 from hub_server import FakeHub
 from tiny_models import write_tiny_model
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 REPO = "tiny-org/tiny-llama"
 
 

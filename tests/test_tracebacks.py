@@ -20,6 +20,8 @@ import pytest
 import mlx_local
 from mlx_local.errors import HubUnreachableError
 
+pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
+
 MAX_LINES = 25
 
 

@@ -57,7 +57,30 @@ def one_run(model: mlx_local.Model, mode: str, max_tokens: int) -> dict[str, Any
     s = result.stats
     return {"mode": mode, "decode_tps": s.decode_tps, "ttft": s.time_to_first_token, "prompt_tokens": s.prompt_tokens,
             "generated_tokens": s.generated_tokens, "finish_reason": result.finish_reason, "seconds": wall,
-            "text_start": result.text[:120]}  # fmt: skip
+            "text_start": result.text[:120], "token_ids": list(result.token_ids)}  # fmt: skip
+
+
+def mask_cost(model: mlx_local.Model, token_ids: list[int]) -> list[float]:
+    """Seconds per token of the grammar's logits processor alone, replaying a constrained answer's tokens.
+
+    The processor (the one ``generate(schema=...)`` builds) follows each token and masks a logits row of
+    the model's vocabulary size, evaluated; no model forward. Less sensitive to a loaded machine than
+    the decode ratio, since it times only the extra work.
+    """
+    import mlx.core as mx
+
+    _, (processor,) = model.constrain(schema=SCHEMA)
+    cfg = model.config.get("text_config") or model.config
+    logits = mx.random.normal((1, int(cfg["vocab_size"])), key=mx.random.key(0))
+    mx.eval(logits)
+    times = []
+    for i in range(len(token_ids)):
+        last = mx.array([token_ids[i - 1] if i else 0])  # only the last token is read (none on the first call)
+        mx.eval(last)
+        start = time.perf_counter()
+        mx.eval(processor(last, logits))
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def bench_model(bm: models.BenchModel, repeats: int, max_tokens: int) -> dict[str, Any]:
@@ -68,11 +91,15 @@ def bench_model(bm: models.BenchModel, repeats: int, max_tokens: int) -> dict[st
     first = one_run(model, "schema", 8)  # the first constrained call also converts the tokenizer
     print(f"  first constrained call: time to first token {first['ttft']:.2f} s (tokenizer conversion included)")
     runs: list[dict[str, Any]] = []
+    answer: list[int] = []
     for i in range(repeats):
         order = MODES if i % 2 == 0 else MODES[::-1]
         for mode in order:
             r = one_run(model, mode, max_tokens)
             r["round"] = i + 1
+            if mode == "schema":
+                answer = r["token_ids"]
+            del r["token_ids"]
             runs.append(r)
             print(f"  round {i + 1} {mode:6} decode {r['decode_tps']:6.2f} tok/s  ttft {r['ttft']:5.2f} s  "
                   f"{r['generated_tokens']:4d} tokens [{r['finish_reason']}]  load {os.getloadavg()[0]:.2f}")
@@ -89,13 +116,18 @@ def bench_model(bm: models.BenchModel, repeats: int, max_tokens: int) -> dict[st
         for i in range(repeats)
     ]
     ratio = summary["schema"]["decode_tps"] / summary["plain"]["decode_tps"]
+    mask = median(mask_cost(model, answer))
+    step = 1 / summary["plain"]["decode_tps"]
+    print(f"  the mask alone: {mask * 1000:.2f} ms per token, {mask / step:.1%} of a plain decode step "
+          f"({step * 1000:.0f} ms)")
     print(f"  median decode: plain {summary['plain']['decode_tps']:.2f}, schema {summary['schema']['decode_tps']:.2f} "
           f"tok/s -> {ratio:.2f}x (per round: {', '.join(f'{x:.2f}' for x in per_round)})")
     del model
     gc.collect()
     return {"name": bm.name, "label": bm.label, "description": bm.description, "runs": runs, "median": summary,
             "decode_ratio": ratio, "decode_ratio_per_round": per_round, "decode_ratio_median_of_rounds":
-            median(per_round), "first_constrained_ttft": first["ttft"]}  # fmt: skip
+            median(per_round), "first_constrained_ttft": first["ttft"],
+            "mask_seconds_per_token": mask, "mask_fraction_of_plain_step": mask / step}  # fmt: skip
 
 
 def chart(data: dict[str, Any], path: Path) -> Path | None:

@@ -5,8 +5,8 @@
 
 Writes into benchmarks/results/ (or --out): run.json (every number, the
 device, memory bandwidth, library versions, date), tokens_per_second.png,
-context_scaling.png, and chat_ttft.json/.png (benchmarks/chat_ttft.py,
-called from here).
+context_scaling.png, chat_ttft.json/.png (benchmarks/chat_ttft.py) and
+structured.json/.png (benchmarks/structured.py), both called from here.
 
 Configurations: SmolLM2-135M-Instruct from the embedded GGUF in float32,
 8-bit and 4-bit, and a random-weight model shaped like Qwen3-0.6B in 4-bit
@@ -30,7 +30,7 @@ Then (memory.py): TTFT, peak memory, KV cache and estimate_memory() against
 prompt length on SmolLM2 4-bit, with a 4-bit KV cache at --kv-lengths; on
 the CPU, mlx_local with and without OpenBLAS (MLX_LOCAL_BLAS=off) in two
 subprocesses; a llama.cpp row if llama-cpp-python is importable; and the
-chat benchmark.
+chat benchmark; and the cost of a JSON schema (structured.py).
 
 The full run's defaults fit about 25 minutes on the 2-core dev machine
 (quiet): 3 rounds; prompts of 128 and 512 tokens, 128 tokens decoded after
@@ -38,6 +38,7 @@ the first; 2048- and 4096-token prompts only in the scaling phase (SmolLM2
 4-bit, one run each), since 2048 in the matrix would add ~12 minutes
 (``--lengths 128 512 2048`` measures it anyway); mlx-lm's defaults cut to
 ~20 s a run; chat_ttft with its own defaults (~5 minutes, ``--no-chat``
+skips it); structured with its own defaults (~6 minutes, ``--no-structured``
 skips it). run.json records how long each phase took.
 """
 
@@ -77,6 +78,7 @@ FULL = {
     "kv_lengths": [2048, 4096],
     "blas_off": {"prompt": 128, "generate": 16, "repeats": 3},
     "chat_args": [],  # chat_ttft.py's own defaults: 10 turns, 3 repeats, 32 tokens
+    "structured_args": [],  # structured.py's own defaults: both models, 3 rounds, 96 tokens
 }
 QUICK = {
     "repeats": 1,
@@ -89,6 +91,7 @@ QUICK = {
     "kv_lengths": [512],
     "blas_off": {"prompt": 32, "generate": 4, "repeats": 1},
     "chat_args": ["--turns", "3", "--repeats", "1", "--max-tokens", "8"],
+    "structured_args": ["--models", "smollm2-135m-4bit", "--repeats", "1", "--max-tokens", "8"],
 }
 
 START = time.perf_counter()
@@ -216,6 +219,7 @@ def main() -> None:
     ap.add_argument("--scaling-lengths", type=int, nargs="+")
     ap.add_argument("--kv-lengths", type=int, nargs="+")
     ap.add_argument("--no-chat", action="store_true", help="skip chat_ttft")
+    ap.add_argument("--no-structured", action="store_true", help="skip structured (the cost of a JSON schema)")
     ap.add_argument("--no-blas-off", action="store_true", help="skip the MLX_LOCAL_BLAS=off subprocess")
     args = ap.parse_args()
 
@@ -225,7 +229,7 @@ def main() -> None:
             plan[k] = getattr(args, k)
     out_dir = args.out or (common.RESULTS / "quick" if args.quick else common.RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    common.RESULTS = out_dir  # chat_ttft writes through common.write
+    common.RESULTS = out_dir  # chat_ttft and structured write through common.write
     json_path = out_dir / "run.json"
 
     rt = mlx_local._runtime.current()
@@ -337,6 +341,18 @@ def main() -> None:
                              "turn_last_over_first": chat["turn_last_over_first"]}
         save("chat_ttft")
 
+    # The cost of a JSON schema, by structured.py's main() (it writes structured.json/.png into out_dir).
+    if not args.no_structured:
+        import structured
+
+        log(f"structured {' '.join(plan['structured_args']) or '(its defaults)'}:")
+        with argv(["structured.py", *plan["structured_args"]]):
+            structured.main()
+        st = json.loads((out_dir / "structured.json").read_text())
+        data["structured"] = {"file": "structured.json",
+                              "decode_ratio": {m["name"]: m["decode_ratio"] for m in st["models"]}}
+        save("structured")
+
     data["complete"] = True
     save()
     written = [json_path]
@@ -365,7 +381,8 @@ def main() -> None:
                                  + ", ".join(f"{v['prompt_tokens']}: {v['prompt_tps']:.1f} tok/s"
                                              for v in row["by_prompt"].values())))
     print("\nwrote " + ", ".join(str(p) for p in written)
-          + ("" if args.no_chat else f", {out_dir / 'chat_ttft.json'}, {out_dir / 'chat_ttft.png'}"))
+          + ("" if args.no_chat else f", {out_dir / 'chat_ttft.json'}, {out_dir / 'chat_ttft.png'}")
+          + ("" if args.no_structured else f", {out_dir / 'structured.json'}, {out_dir / 'structured.png'}"))
 
 
 if __name__ == "__main__":

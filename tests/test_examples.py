@@ -170,3 +170,33 @@ def test_benchmark_example(smollm2_gguf):
         assert ttft > 0 and prompt_tps > 0 and decode_tps > 0 and 2 <= generated <= 64 and 50 < peak < 4096
     # The printed median is the median of the printed runs, column by column.
     assert [float(x) for x in rows[3][1:]] == [statistics.median(column) for column in zip(*runs)]
+
+
+# ------------------------------------------------- structured output and tools
+
+import ast  # noqa: E402
+
+
+def test_structured_output_example(smollm2_gguf):
+    proc = run("structured_output.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    city, place, choice, tool = out.split("\n> ")[1:]
+    # A JSON schema: the printed text is compact JSON and .parsed the same dict, with an integer population.
+    text = city.splitlines()[1]
+    parsed = ast.literal_eval(city.split("parsed: ", 1)[1].splitlines()[0])
+    assert json.loads(text) == parsed and set(parsed) == {"city", "country", "population"}
+    assert isinstance(parsed["population"], int) and not isinstance(parsed["population"], bool)
+    assert parsed["city"] and parsed["country"] and ": " not in text
+    # A pydantic class: .parsed is an instance of it, matching the printed JSON.
+    m = re.search(r"^parsed: Place\(name='([^']+)', country='([^']+)'\)$", place, re.M)
+    assert m, place
+    assert json.loads(place.splitlines()[1]) == {"name": m.group(1), "country": m.group(2)}
+    assert re.search(r"^choice: '(yes|no)'$", choice, re.M), choice
+    # A required tool call, run by act(); its result reached the final answer.
+    assert re.search(r"^tool call \(generic format\): get_weather\(\{'city': '[^']+'\}\)$", tool, re.M), tool
+    result = re.search(r"^tool result: (22 degrees and sunny in .+)$", tool, re.M)
+    assert result, tool
+    answer = tool.split("answer: ", 1)[1].split("\n[")[0]
+    assert "22" in answer, answer
+    assert re.search(r"^\[stop\] after 1 round\(s\) of tool calls$", tool, re.M)

@@ -13,8 +13,10 @@ the notebook's folder as the working directory and this process's environment
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -131,6 +133,21 @@ def check_getting_started(nb: nbformat.NotebookNode) -> None:
     chart = cell(nb, "memory-chart")
     assert has_png(chart), "the memory chart was not drawn"
     assert "KV cache" in text_of(chart) and "measured" in text_of(chart)
+    check_structured_output_and_tools(nb)
+
+
+def check_structured_output_and_tools(nb: nbformat.NotebookNode) -> None:
+    """The schema, pydantic and act cells of getting_started: parsed values and the tool's result."""
+    text, printed = text_of(cell(nb, "schema")).strip().splitlines()
+    parsed, kind = printed.rsplit(" ", 1)
+    value = json.loads(text)
+    assert ast.literal_eval(parsed) == value and set(value) == {"city", "country", "population"}
+    assert isinstance(value["population"], int) and kind == "int" and ": " not in text  # compact JSON
+    assert re.fullmatch(r"Place\(name='[^']+', country='[^']+'\)", text_of(cell(nb, "pydantic")).strip())
+    act = text_of(cell(nb, "act"))
+    assert re.search(r"^tool call \(generic\): get_weather\(\{'city': '[^']+'\}\)$", act, re.M), act
+    assert re.search(r"^tool result: \['22 degrees and sunny in [^']+'\]$", act, re.M), act
+    assert "22" in act.split("answer: ", 1)[1] and act.rstrip().endswith("[stop]")
 
 
 def check_quantization(nb: nbformat.NotebookNode) -> None:

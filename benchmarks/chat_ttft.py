@@ -31,6 +31,7 @@ QUESTIONS = [
 
 
 def with_chat(model, turns: int, max_tokens: int) -> tuple[list[float], list[str]]:
+    model.prompt_cache.clear()  # each repeat starts cold: no cache left by the previous one
     chat = model.chat(temperature=0.0, max_tokens=max_tokens)
     ttft, answers = [], []
     for q in QUESTIONS[:turns]:

@@ -28,6 +28,7 @@ from .errors import (  # noqa: E402
     InvalidOptionError,
     MLXLocalError,
     ModelNotFoundError,
+    OutputError,
     StorageError,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "MLXLocalError",
     "Model",
     "ModelNotFoundError",
+    "OutputError",
     "StorageError",
     "__version__",
     "convert",

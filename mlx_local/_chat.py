@@ -397,7 +397,7 @@ class Chat:
 
     # ------------------------------------------------------------ saving
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "format": _FORMAT,
             "version": _VERSION,
@@ -408,12 +408,14 @@ class Chat:
             "reuse_cache": self.reuse_cache,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.default_options.items()},
             "messages": self._conversation.turns,
-            "replies": [{**r.to_dict(), "message": i} for i, r in self._replies],
+            "replies": [{**r.as_dict(), "message": i} for i, r in self._replies],
         }
+
+    to_dict = as_dict  # the name of mlx_local 0.1
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the chat as JSON, atomically (a crash never leaves half a file)."""
-        return write_text_atomic(Path(path).expanduser(), json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+        return write_text_atomic(Path(path).expanduser(), json.dumps(self.as_dict(), indent=2, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: Model) -> Chat:

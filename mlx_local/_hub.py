@@ -13,11 +13,11 @@ import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Union
 
 from .errors import GatedModelError, HubUnreachableError, ModelNotFoundError, StorageError
 
-__all__ = ["MODEL_FILES", "is_offline", "resolve_repo", "download", "cached_folder", "hub_errors"]
+__all__ = ["MODEL_FILES", "Progress", "is_offline", "resolve_repo", "download", "cached_folder", "hub_errors"]
 
 # What a model needs, and nothing else (no PyTorch .bin, no GGUF siblings).
 MODEL_FILES = [
@@ -169,20 +169,46 @@ def cached_folder(repo_id: str, *, revision: str | None = None) -> Path | None:
     return None
 
 
-def _tqdm_class(progress: bool) -> Any:
-    if progress:
+#: The one progress convention of load, pull and convert: None (the default:
+#: downloads show huggingface_hub's bars on a terminal), False (nothing), or a
+#: callable ``progress(stage, fraction)``.
+Progress = Union[Callable[[str, float], None], bool, None]
+
+
+def _tqdm_class(progress: Progress) -> Any:
+    if progress is None or progress is True:
         return None  # huggingface_hub's own bars (terminal or notebook)
+    import io
+
     from tqdm.auto import tqdm
 
-    class Silent(tqdm):  # type: ignore[misc, valid-type]
+    if progress is False:
+
+        class Silent(tqdm):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["disable"] = True
+                super().__init__(*args, **kwargs)
+
+        return Silent
+    report = progress
+
+    class Reporting(tqdm):  # type: ignore[misc, valid-type]
+        """Counts like a bar, draws nothing, and tells ``progress("download", fraction)``."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
+            kwargs["disable"], kwargs["file"] = False, io.StringIO()
             super().__init__(*args, **kwargs)
 
-    return Silent
+        def update(self, n: float | None = 1) -> bool | None:
+            shown: bool | None = super().update(n)
+            if self.total:
+                report("download", min(1.0, self.n / self.total))
+            return shown
+
+    return Reporting
 
 
-def download(repo_id: str, *, revision: str | None = None, progress: bool = True) -> Path:
+def download(repo_id: str, *, revision: str | None = None, progress: Progress = None) -> Path:
     """Download (or update, or finish) the model files of ``repo_id``; return the snapshot folder.
 
     Raises:
@@ -211,7 +237,7 @@ def download(repo_id: str, *, revision: str | None = None, progress: bool = True
     return path
 
 
-def resolve_repo(repo_id: str, *, revision: str | None, offline: bool | None, progress: bool = True) -> Path:
+def resolve_repo(repo_id: str, *, revision: str | None, offline: bool | None, progress: Progress = None) -> Path:
     """The local folder of ``repo_id`` at ``revision``, downloading only if needed.
 
     Raises:

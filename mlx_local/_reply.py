@@ -63,15 +63,17 @@ class Reply:
             raise InvalidOptionError("parsed needs schema=, choices= or pattern= on send().", option="schema")
         return self.constraint.parse(self.content, self.finish_reason)
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("constraint")
         d["token_ids"] = list(self.token_ids)
         d["tool_calls"] = [c.as_dict() for c in self.tool_calls]
-        d["rounds"] = [r.to_dict() for r in self.rounds]
+        d["rounds"] = [r.as_dict() for r in self.rounds]
         if self.options is not None:
             d["options"]["stop"] = list(self.options.stop)
         return d
+
+    to_dict = as_dict  # the name of mlx_local 0.1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Reply:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ._quality import Quality
 
 __all__ = ["Candidate", "ConversionReport"]
 
+
+
+#: What became of a candidate of ``recipe="auto"``.
+CandidateStatus = Literal["chosen", "rejected", "rejected early", "not tried"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class Candidate:
     bytes: int
     bits_per_weight: float
     quality: Quality | None = None
-    status: str = "not tried"
+    status: CandidateStatus = "not tried"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -120,7 +124,7 @@ class ConversionReport:
                 cols += f"  {ppl:>8}  {q.mean_kl:7.4f}  {q.top1_agreement:6.1%}"
             else:
                 cols += " " * 31
-            note = c.status if len(self.candidates) > 1 else ""
+            note: str = c.status if len(self.candidates) > 1 else ""
             if q and c.status == "rejected early":
                 note += f" (on the first {q.tokens} tokens)"
             lines.append((cols + "  " + note).rstrip())

@@ -197,7 +197,7 @@ def local_folder(
         return located.path
     assert located.repo is not None
     try:
-        return hub.resolve_repo(located.repo, revision=revision, offline=offline, progress=progress is not False)
+        return hub.resolve_repo(located.repo, revision=revision, offline=offline, progress=progress)
     except ModelNotFoundError:
         if located.entry is None or located.entry.name != DEFAULT_ENTRY or revision is not None:
             raise

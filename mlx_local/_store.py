@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import _assets as assets
 from . import _catalog as catalog
@@ -40,7 +40,9 @@ __all__ = ["LocalModel", "CatalogModel", "Removed", "pull", "local_models", "rem
 #: shipped by a package asset) appears only in a catalog row's ``local``
 #: (:func:`models`): it is managed with ``python -m mlx_local assets``, not
 #: listed by :func:`local_models` nor deleted by :func:`remove`.
-KINDS = ("downloaded", "converted", "imported", "embedded")
+#: Where a model on disk is: the HF cache, the models folder, the import cache, or inside the package.
+LocalKind = Literal["downloaded", "converted", "imported", "embedded"]
+KINDS: tuple[LocalKind, ...] = ("downloaded", "converted", "imported", "embedded")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class LocalModel:
     """
 
     name: str
-    kind: str
+    kind: LocalKind
     path: Path
     size: int
     repo_id: str | None = None
@@ -145,7 +147,7 @@ def _downloads() -> list[LocalModel]:
     return found
 
 
-def _folders(root: Path, kind: str) -> list[LocalModel]:
+def _folders(root: Path, kind: LocalKind) -> list[LocalModel]:
     if not root.is_dir():
         return []
     found = []
@@ -182,7 +184,7 @@ def _embedded(entry: CatalogEntry) -> list[LocalModel]:
 
 
 def pull(
-    name_or_repo: str, *, revision: str | None = None, quantized: bool = True, progress: bool = True
+    name_or_repo: str, *, revision: str | None = None, quantized: bool = True, progress: hub.Progress = None
 ) -> LocalModel:
     """Download a model (a catalog name or a repo id), only the files it needs.
 
@@ -194,7 +196,9 @@ def pull(
         name_or_repo: a catalog name (``"qwen3-0.6b"``) or a repo id.
         revision: branch, tag or commit.
         quantized: for a catalog name, the MLX 4-bit repo (default) or the original.
-        progress: show progress bars.
+        progress: None (default): huggingface_hub's bars on a terminal;
+            False: nothing; a callable ``progress("download", fraction)``
+            (the convention of ``Model.load`` and ``convert``).
 
     Raises:
         GatedModelError: accept the licence first (the message says where).

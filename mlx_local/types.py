@@ -17,13 +17,14 @@ from ._memory import MemoryEstimate
 from ._prompt_cache import PromptCache
 from ._quality import Quality
 from ._reply import Reply
-from ._report import Candidate, ConversionReport
+from ._report import Candidate, CandidateStatus, ConversionReport
 from ._runtime import Runtime
-from ._store import CatalogModel, LocalModel, Removed
+from ._store import CatalogModel, LocalKind, LocalModel, Removed
 from ._template import ThinkingSupport
 
 __all__ = [
     "Candidate",
+    "CandidateStatus",
     "CatalogEntry",
     "CatalogModel",
     "Chunk",
@@ -33,6 +34,7 @@ __all__ = [
     "FinishReason",
     "GenerationOptions",
     "License",
+    "LocalKind",
     "LocalModel",
     "MemoryEstimate",
     "PromptCache",

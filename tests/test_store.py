@@ -74,6 +74,14 @@ def test_pull_fetches_only_what_a_model_needs(hub, tiny_repo):
     assert len(_gets(hub, "model.safetensors")) == before
 
 
+def test_pull_reports_to_a_progress_callable(hub, tiny_repo):
+    hub.add_repo(REPO, tiny_repo)
+    heard: list[tuple[str, float]] = []
+    mlx_local.pull(REPO, progress=lambda stage, fraction: heard.append((stage, fraction)))
+    assert heard and {s for s, _ in heard} == {"download"} and heard[-1][1] == 1.0
+    assert all(0.0 <= f <= 1.0 for _, f in heard)
+
+
 def test_pull_resumes_an_interrupted_download(hub, tiny_repo):
     hub.add_repo(REPO, tiny_repo)
     size = (tiny_repo / "model.safetensors").stat().st_size

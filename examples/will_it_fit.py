@@ -10,7 +10,11 @@ headers of files already on disk; nothing is loaded.
 import sys
 
 import mlx_local
-from mlx_local._units import format_bytes
+
+
+def format_bytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
 
 context = int(sys.argv[1]) if len(sys.argv) > 1 else 4096
 
@@ -18,12 +22,12 @@ device = mlx_local.device_info()
 print(f"This machine: {device}\n")
 
 print(f"The catalog at {context} tokens of context (MLX 4-bit variants):")
-print(f"{'name':32} {'licence':12} {'thinks':7} {'needs':>9}  fits  on disk")
+print(f"{'name':32} {'license':12} {'thinks':7} {'needs':>9}  fits  on disk")
 for row in mlx_local.models(context=context):
     e = row.entry
     thinks = {"none": "", "switchable": "yes", "always": "always"}[e.thinking]
     print(
-        f"{e.name:32} {e.licence.id:12} {thinks:7} {format_bytes(row.memory.total):>9}  "
+        f"{e.name:32} {e.license.id:12} {thinks:7} {format_bytes(row.memory.total):>9}  "
         f"{'yes ' if row.fits else 'no  '}  {format_bytes(row.size_on_disk) if row.local else ''}"
     )
 

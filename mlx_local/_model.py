@@ -310,12 +310,17 @@ class Model:
         the value. Bad schemas raise ``InvalidOptionError`` here, before any
         token is generated.
         """
+        return self._start(prompt, raw, reuse_cache, schema, choices, pattern, logits_processors, options)[1]
+
+    def _start(self, prompt: PromptInput, raw: bool, reuse_cache: bool, schema: Any, choices: Any, pattern: Any,
+               logits_processors: Sequence[Any], options: dict[str, Any]) -> tuple[Any, Iterator[Chunk]]:
+        """The constraint (or None) and the chunk stream of one call: what ``stream`` and ``generate`` share."""
         opts = self._defaults.updated(**options)
         prompt_ = self._prompt(prompt, raw)
         constraint, grammar = self.constrain(schema, choices, pattern, thinking_open=prompt_.thinking_open)
         if constraint is not None:
             opts = opts.updated(stop_loops=False)  # a constrained answer may repeat itself legitimately
-        return self.run(
+        return constraint, self.run(
             prompt_.ids, opts, logits_processors=[*logits_processors, *grammar], thinking_open=prompt_.thinking_open,
             prompt_cache=self.prompt_cache if reuse_cache else None,
         )  # fmt: skip
@@ -416,11 +421,8 @@ class Model:
         >>> model.generate("A city and its country.", schema=City).parsed  # doctest: +SKIP
         City(name='Paris', country='France')
         """
-        from ._structured import make_constraint
-
-        c = collect(self.stream(prompt, raw=raw, reuse_cache=reuse_cache, schema=schema, choices=choices,
-                                pattern=pattern, logits_processors=logits_processors, **options))  # fmt: skip
-        constraint = make_constraint(schema, choices, pattern)
+        constraint, chunks = self._start(prompt, raw, reuse_cache, schema, choices, pattern, logits_processors, options)
+        c = collect(chunks)
         return Result(c.content, c.finish_reason, c.stats, c.token_ids, c.thinking, c.logprobs, constraint)
 
     def chat(

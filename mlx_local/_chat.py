@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from ._conversation import Conversation, check_message, text_of
 from ._fileio import write_text_atomic
-from ._generation import Chunk, GenerationOptions
+from ._generation import Chunk, GenerationOptions, collect
 from ._reply import Reply
 from ._thinking import ThinkingBudget
 from ._tools import Tool, Toolset
@@ -355,9 +355,7 @@ class Chat:
         toolset: Toolset | None,
         constraint: Any,
     ) -> Iterator[Chunk]:
-        generated: list[int] = []
-        parts: dict[str, list[str]] = {"thinking": [], "content": [], "tool_call": []}
-        last: Chunk | None = None
+        seen: list[Chunk] = []
         for chunk in self.model.run(
             ids,
             opts,
@@ -366,21 +364,20 @@ class Chat:
             prompt_cache=self.model.prompt_cache if self.reuse_cache else None,
             tools=toolset,
         ):
-            parts[chunk.kind].append(chunk.text)
-            generated.extend(chunk.token_ids)
-            last = chunk
+            seen.append(chunk)
             yield chunk
-        assert last is not None and last.stats is not None and last.finish_reason is not None
-        thinking = "".join(parts["thinking"]) if (inside or last.stats.thinking_tokens or parts["thinking"]) else None
+        c = collect(seen)
+        # A block the prompt opened is thinking even when the model closed it at once.
+        thinking = c.thinking if c.thinking is not None or not inside else ""
         reply = Reply(
-            "".join(parts["content"]),
+            c.content,
             thinking,
-            last.finish_reason,
-            last.stats,
+            c.finish_reason,
+            c.stats,
             bool(guard and guard.hit),
-            tuple(generated),
+            c.token_ids,
             opts,
-            tool_calls=last.tool_calls,
+            tool_calls=seen[-1].tool_calls,
             tool_format=toolset.format if toolset else None,
             constraint=constraint,
         )

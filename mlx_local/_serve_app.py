@@ -256,8 +256,9 @@ def create_app(
 
     @app.get("/v1/models/{model_id:path}", dependencies=[Depends(authorized)])
     async def get_model(model_id: str) -> dict[str, Any]:
+        served = registry.find(model_id)  # also "default", or the source the model was loaded by
         for row in await asyncio.to_thread(registry.listing):
-            if row["id"] == model_id:
+            if row["id"] == (served.name if served else model_id):
                 return row
         raise ApiError(404, f"No model {model_id!r} is loaded or on disk.", param="model", code="model_not_found")
 

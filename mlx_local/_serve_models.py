@@ -134,7 +134,8 @@ class Registry:
         with self._lock:
             return list(self._served.values())
 
-    def _by_name(self, name: str) -> Served | None:
+    def find(self, name: str) -> Served | None:
+        """The loaded model ``name`` reaches, or None."""
         with self._lock:
             for s in self._served.values():
                 if name == s.name or name in s.aliases:
@@ -148,7 +149,7 @@ class Registry:
             ModelNotFoundError: no such model (or not on disk, without downloads); HubUnreachableError for the hub.
             InsufficientMemoryError: it would not fit beside what is loaded.
         """
-        found = self._by_name(name)
+        found = self.find(name)
         if found is not None:
             return found
         if not self.allow_load:
@@ -160,7 +161,7 @@ class Registry:
         if self._load_lock is None:
             self._load_lock = asyncio.Lock()
         async with self._load_lock:  # one load at a time: the memory check must see what the last load took
-            found = self._by_name(name)
+            found = self.find(name)
             if found is not None:
                 return found
             return await asyncio.to_thread(self._load, name)

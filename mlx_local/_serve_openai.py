@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -77,11 +77,11 @@ class ToolCallIn(_Body):
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[StrictStr, list[TextPart], None] = None
-    name: Optional[StrictStr] = None
-    tool_calls: Optional[list[ToolCallIn]] = None
-    tool_call_id: Optional[StrictStr] = None
-    reasoning_content: Optional[StrictStr] = None
-    reasoning: Optional[StrictStr] = None
+    name: StrictStr | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: StrictStr | None = None
+    reasoning_content: StrictStr | None = None
+    reasoning: StrictStr | None = None
 
 
 class StreamOptions(_Body):
@@ -90,13 +90,13 @@ class StreamOptions(_Body):
 
 class JsonSchemaFormat(_Body):
     name: StrictStr = "response"
-    schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
-    strict: Optional[StrictBool] = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
 
 
 class ResponseFormat(_Body):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[JsonSchemaFormat] = None
+    json_schema: JsonSchemaFormat | None = None
 
 
 class FunctionName(_Body):
@@ -113,39 +113,39 @@ class _Sampling(_Body):
 
     model: StrictStr
     stream: StrictBool = False
-    stream_options: Optional[StreamOptions] = None
-    max_tokens: Optional[StrictInt] = None
-    temperature: Optional[Number] = None
-    top_p: Optional[Number] = None
-    seed: Optional[StrictInt] = None
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    seed: StrictInt | None = None
     stop: Union[StrictStr, list[StrictStr], None] = None
-    n: Optional[StrictInt] = None
+    n: StrictInt | None = None
     # extensions (vLLM's names)
-    top_k: Optional[StrictInt] = None
-    min_p: Optional[Number] = None
-    repetition_penalty: Optional[Number] = None
+    top_k: StrictInt | None = None
+    min_p: Number | None = None
+    repetition_penalty: Number | None = None
 
 
 class ChatRequest(_Sampling):
     """``POST /v1/chat/completions``."""
 
     messages: list[Message]
-    max_completion_tokens: Optional[StrictInt] = None
-    logprobs: Optional[StrictBool] = None
-    top_logprobs: Optional[StrictInt] = None
-    response_format: Optional[ResponseFormat] = None
-    tools: Optional[list[dict[str, Any]]] = None
+    max_completion_tokens: StrictInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
     tool_choice: Union[Literal["auto", "none", "required"], NamedToolChoice, None] = None
-    chat_template_kwargs: Optional[dict[str, Any]] = None
-    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
-    thinking_budget: Optional[StrictInt] = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    thinking_budget: StrictInt | None = None
 
 
 class CompletionRequest(_Sampling):
     """``POST /v1/completions`` (the prompt is sent as-is, without the chat template)."""
 
     prompt: Union[StrictStr, list[StrictStr]]
-    logprobs: Optional[StrictInt] = None
+    logprobs: StrictInt | None = None
     echo: StrictBool = False
 
 

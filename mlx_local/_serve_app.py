@@ -36,7 +36,15 @@ from pydantic import BaseModel, ValidationError
 
 from ._model import Model
 from ._serve_models import Registry, Served, parse_keep_alive
-from ._serve_openai import ChatReply, ChatRequest, CompletionReply, CompletionRequest, chat_arguments, completion_arguments
+from ._serve_openai import (
+    ChatReply,
+    ChatRequest,
+    CompletionReply,
+    CompletionRequest,
+    chat_arguments,
+    chat_param,
+    completion_arguments,
+)
 from .errors import (
     HubUnreachableError,
     InsufficientMemoryError,
@@ -54,11 +62,6 @@ log = logging.getLogger("mlx_local.serve")
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 #: The most tokens a request may generate (and what it gets when it does not say).
 DEFAULT_MAX_TOKENS = 4096
-
-#: Library option names -> the request field a client set.
-_PARAMS = {"schema": "response_format", "thinking": "reasoning_effort", "prompt": "messages", "text": "messages",
-           "logprobs": "top_logprobs"}  # fmt: skip
-
 
 class ApiError(Exception):
     """An error answered in OpenAI's shape."""
@@ -83,7 +86,7 @@ def api_error(e: BaseException) -> ApiError:
     if isinstance(e, ApiError):
         return e
     if isinstance(e, InvalidOptionError):
-        return ApiError(400, str(e), param=_PARAMS.get(e.option, e.option))
+        return ApiError(400, str(e), param=e.option)
     if isinstance(e, QueueFullError):
         return ApiError(429, str(e), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
     if isinstance(e, HubUnreachableError):
@@ -102,17 +105,27 @@ def api_error(e: BaseException) -> ApiError:
     return ApiError(500, "The server failed to answer this request (its log says why).", type="server_error")
 
 
+def _field_path(loc: Sequence[Any]) -> str:
+    """``messages[0].content`` from pydantic's location, without the names of a union's branches (``str``, ``list[...]``)."""
+    where = ""
+    for part in loc:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part in ("str", "int", "float", "bool") or "[" in part or part[:1].isupper():
+            break  # a union's branch, not a field
+        else:
+            where += f".{part}" if where else part
+    return where
+
+
 def _validation_error(e: ValidationError) -> ApiError:
     first = e.errors()[0]
-    where = ""
-    for part in first["loc"]:
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-    # A union's branches add their own names to the path (``content.str``): keep the field's own path.
-    where = where.split(".str")[0].split(".list[")[0].split(".function-after")[0]
+    where = _field_path(first["loc"])
+    missing = first["type"] == "missing"
     got = first.get("input")
-    shown = json.dumps(got)[:60] if not isinstance(got, dict) else "an object"
-    detail = first["msg"] if first["type"] == "missing" else f"{first['msg']} (got {shown})"
-    return ApiError(400, f"{where or 'body'}: {detail}", param=where or None, code="invalid_type" if first["type"] != "missing" else "missing_field")
+    shown = "an object" if isinstance(got, dict) else json.dumps(got, default=str)[:60]
+    detail = first["msg"] if missing else f"{first['msg']} (got {shown})"
+    return ApiError(400, f"{where or 'body'}: {detail}", param=where or None, code="missing_field" if missing else "invalid_type")
 
 
 def _worker_factory(max_queue: int, max_concurrency: int | None) -> Any:
@@ -194,8 +207,12 @@ def create_app(
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
         return e.response()
 
+    @app.exception_handler(MLXLocalError)
+    async def _library_error(request: Request, e: MLXLocalError) -> JSONResponse:
+        return api_error(e).response()
+
     @app.exception_handler(Exception)
-    async def _any_error(request: Request, e: Exception) -> JSONResponse:
+    async def _any_error(request: Request, e: Exception) -> JSONResponse:  # (starlette logs it too)
         return api_error(e).response()
 
     @app.exception_handler(404)
@@ -267,7 +284,10 @@ def create_app(
         body = await body_of(request, ChatRequest)
         args = chat_arguments(body, max_tokens_cap=max_tokens)
         served = await registry.get(body.model)
-        prepared = await asyncio.to_thread(lambda: served.model.prepare(**args))
+        try:
+            prepared = await asyncio.to_thread(lambda: served.model.prepare(**args))
+        except InvalidOptionError as e:
+            raise ApiError(400, str(e), param=chat_param(e.option, body)) from None
         handle = await submit(served, prepared)
         reply = ChatReply(served.name, served.model.tokenizer, logprobs=bool(body.logprobs))
         return await _answer(request, handle, reply, body.stream, body.stream_options)
@@ -277,7 +297,10 @@ def create_app(
         body = await body_of(request, CompletionRequest)
         args = completion_arguments(body, max_tokens_cap=max_tokens)
         served = await registry.get(body.model)
-        prepared = await asyncio.to_thread(_raw_request, served.model, args)
+        try:
+            prepared = await asyncio.to_thread(_raw_request, served.model, args)
+        except InvalidOptionError as e:
+            raise ApiError(400, str(e), param="prompt" if e.option in ("prompt", "raw") else e.option) from None
         handle = await submit(served, prepared)
         reply = CompletionReply(served.name, served.model.tokenizer, logprobs=body.logprobs)
         return await _answer(request, handle, reply, body.stream, body.stream_options)

@@ -42,6 +42,7 @@ __all__ = [
     "CompletionReply",
     "CompletionRequest",
     "chat_arguments",
+    "chat_param",
     "completion_arguments",
 ]
 
@@ -156,12 +157,12 @@ def _bad(message: str, param: str) -> InvalidOptionError:
     return InvalidOptionError(message, option=param)
 
 
-def _options(body: _Sampling, max_tokens: int | None, cap: int) -> dict[str, Any]:
+def _options(body: _Sampling, max_tokens: int | None, cap: int, field: str = "max_tokens") -> dict[str, Any]:
     """Generation options: what the body sets, ``max_tokens`` capped at ``cap`` (and ``cap`` when unset)."""
     if body.n not in (None, 1):
         raise _bad(f"n={body.n}: this server writes one choice per request; send n=1 or leave it out.", "n")
     if max_tokens is not None and max_tokens < 1:
-        raise _bad(f"max_tokens={max_tokens}: give a whole number of at least 1.", "max_tokens")
+        raise _bad(f"{field}={max_tokens}: give a whole number of at least 1.", field)
     opts: dict[str, Any] = {"max_tokens": min(max_tokens or cap, cap)}
     for name in ("temperature", "top_p", "seed", "top_k", "min_p", "repetition_penalty"):
         value = getattr(body, name)
@@ -244,13 +245,28 @@ def chat_arguments(body: ChatRequest, *, max_tokens_cap: int) -> dict[str, Any]:
         if fmt.json_schema is None or fmt.json_schema.schema_ is None:
             raise _bad("response_format json_schema needs json_schema.schema.", "response_format.json_schema.schema")
         args["schema"] = fmt.json_schema.schema_
-    opts = _options(body, body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
-                    max_tokens_cap)  # fmt: skip
+    if body.max_completion_tokens is not None:
+        opts = _options(body, body.max_completion_tokens, max_tokens_cap, "max_completion_tokens")
+    else:
+        opts = _options(body, body.max_tokens, max_tokens_cap)
     if body.top_logprobs is not None and not body.logprobs:
         raise _bad("top_logprobs needs logprobs: true.", "top_logprobs")
     if body.logprobs:
         opts["logprobs"] = body.top_logprobs or 0
     return {**args, **opts}
+
+
+def chat_param(option: str, body: ChatRequest) -> str:
+    """The request field behind a library option that ``Model.prepare`` refused."""
+    if option == "thinking":
+        return "reasoning_effort" if body.reasoning_effort is not None else "chat_template_kwargs.enable_thinking"
+    if option == "thinking_budget":
+        return "thinking_budget" if body.thinking_budget is not None else "reasoning_effort"
+    if option == "logprobs":
+        return "top_logprobs" if body.top_logprobs is not None else "logprobs"
+    if option == "max_tokens" and body.max_completion_tokens is not None:
+        return "max_completion_tokens"
+    return {"schema": "response_format", "prompt": "messages", "text": "messages"}.get(option, option)
 
 
 def completion_arguments(body: CompletionRequest, *, max_tokens_cap: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from ._conversation import check_messages
 from ._generation import Chunk, GenerationOptions, Result, collect
 from ._loading import LoadedFolder, load_folder
 from ._prompt_cache import PromptCache
+from ._request import Request
 from ._sources import DEFAULT_MODEL
 from ._template import ChatTemplate, Prompt
 from ._thinking import ThinkTags
@@ -323,6 +324,54 @@ class Model:
         return constraint, self.run(
             prompt_.ids, opts, logits_processors=[*logits_processors, *grammar], thinking_open=prompt_.thinking_open,
             prompt_cache=self.prompt_cache if reuse_cache else None,
+        )  # fmt: skip
+
+    def prepare(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = "auto",
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        pattern: str | None = None,
+        logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
+        reuse_cache: bool = True,
+        **options: Any,
+    ) -> Request:
+        """A checked, ready-to-run generation answering ``messages``; run it with :meth:`execute`.
+
+        Stateless: the same as a :class:`Chat` holding ``messages`` and
+        sending ``None`` (the last message must be a user or tool message),
+        with the same arguments as :meth:`Chat.stream`: thinking mode and
+        budget (None: the model's default; the family's published sampling
+        for the mode applies unless an option sets it), tools, structured
+        output, options. Everything is checked here (``InvalidOptionError``
+        naming the culprit) before any token is generated. ``reuse_cache``:
+        start from and keep KV caches in :attr:`prompt_cache`, so a client
+        resending a growing conversation pays only for the new tokens.
+
+        >>> request = model.prepare([{"role": "user", "content": "Hi"}], max_tokens=8)  # doctest: +SKIP
+        >>> "".join(c.text for c in model.execute(request))                           # doctest: +SKIP
+        """
+        from ._chat import Chat
+
+        chat = Chat(self, thinking=thinking, thinking_budget=thinking_budget, reuse_cache=reuse_cache)
+        for m in check_messages(messages):
+            chat.add(m)
+        request, _, _ = chat._prepare(
+            None, tools=tools, tool_choice=tool_choice, schema=schema, choices=choices, pattern=pattern,
+            logits_processors=logits_processors, options=options,
+        )  # fmt: skip
+        return request
+
+    def execute(self, request: Request) -> Iterator[Chunk]:
+        """Run a request from :meth:`prepare` (or a chat), yielding its chunks; the last carries ``stats``."""
+        return self.run(
+            request.ids, request.opts, logits_processors=request.processors, thinking_open=request.thinking_open,
+            prompt_cache=self.prompt_cache if request.reuse_cache else None, tools=request.toolset,
         )  # fmt: skip
 
     def run(

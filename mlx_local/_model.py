@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
-from . import _hub as hub
 from . import _runtime as runtime
 from . import _sources as sources
 from ._conversation import check_messages
@@ -18,7 +17,7 @@ from ._request import Request
 from ._sources import DEFAULT_MODEL
 from ._template import ChatTemplate, Prompt
 from ._thinking import ThinkTags
-from .errors import InvalidOptionError, ModelNotFoundError
+from .errors import InvalidOptionError
 
 if TYPE_CHECKING:
     from ._chat import Chat
@@ -28,37 +27,6 @@ __all__ = ["Model", "DEFAULT_MODEL"]
 PromptInput = Union[str, Sequence[Mapping[str, Any]]]
 
 _DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _check_fits(located: sources.Located, *, dtype: str | None, revision: str | None, offline: bool | None,
-                gguf_weights: str) -> None:
-    """Refuse a model that would not fit this machine, before any download or import."""
-    from . import _memory as memory
-    from ._device import device_info
-    from ._units import format_bytes
-    from .errors import InsufficientMemoryError
-
-    context = memory.DEFAULT_CONTEXT
-    try:
-        est = memory.estimate_located(located, context=context, dtype=dtype, revision=revision,
-                                      offline=hub.is_offline(offline), gguf_weights=gguf_weights)
-    except ModelNotFoundError:
-        return  # not on disk and the hub out of reach: loading says so itself
-    device = device_info()
-    if est.total <= device.usable_memory:
-        return
-    family = located.entry.family if located.entry else None
-    other = memory.largest_fitting(device.usable_memory, context=context, family=family)
-    hint = f" {other.name} would fit (`Model.load({other.name!r})`)." if other else " No catalog model fits either."
-    raise InsufficientMemoryError(
-        f"{located.name} needs about {format_bytes(est.total)} (weights {format_bytes(est.weights)}, "
-        f"KV cache {format_bytes(est.kv_cache)} for {context} tokens, overhead {format_bytes(est.overhead)}) "
-        f"but this machine offers {format_bytes(device.usable_memory)} ({device.usable_source}).{hint} "
-        "Pass force=True to load it anyway.",
-        required=est.total,
-        available=device.usable_memory,
-        suggestion=other.name if other else None,
-    )
 
 
 class Model:
@@ -147,7 +115,9 @@ class Model:
         rt = runtime.current()
         located = sources.locate(source, quantized=quantized, offline=offline)
         if not force:
-            _check_fits(located, dtype=dtype, revision=revision, offline=offline, gguf_weights=gguf_weights)
+            from ._memory import check_fits
+
+            check_fits(located, dtype=dtype, revision=revision, offline=offline, gguf_weights=gguf_weights)
         folder = sources.local_folder(
             located, revision=revision, offline=offline, gguf_weights=gguf_weights, progress=progress
         )

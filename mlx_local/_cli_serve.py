@@ -52,7 +52,11 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
 
     if not 0 <= args.port <= 65535:
         raise InvalidOptionError(f"--port {args.port}: give a port number from 0 to 65535.", option="port")
-    parse_keep_alive(args.keep_alive)
+    try:
+        parse_keep_alive(args.keep_alive)
+    except InvalidOptionError:
+        raise InvalidOptionError(f"--keep-alive {args.keep_alive}: give a duration such as 30s, 5m or 1h (-1: for ever).",
+                                 option="keep_alive") from None  # fmt: skip
     for flag, value in (("--max-concurrency", args.max_concurrency), ("--max-queue", args.max_queue),
                         ("--max-tokens", args.max_tokens)):
         if value is not None and value < 1:

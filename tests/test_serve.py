@@ -62,11 +62,11 @@ def test_plain_answer(client, smollm2):
 
 def test_streamed_deltas_join_to_the_whole_answer(client):
     ask = dict(model="default", messages=[{"role": "user", "content": "Tell me a story about a cat."}],
-               temperature=0.8, seed=7, max_tokens=24)  # fmt: skip
+               temperature=0.8, seed=7, max_tokens=16)  # fmt: skip
     whole = client.chat.completions.create(**ask)
     events = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
     text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
-    assert text == whole.choices[0].message.content and len(text) > 20
+    assert text == whole.choices[0].message.content and len(text) > 10
     finishes = [e.choices[0].finish_reason for e in events if e.choices and e.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     assert events[-1].choices == [] and events[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -145,7 +145,7 @@ def test_tool_call_round_trip(client):
     # the result goes back; the model answers
     ask += [choice.message.model_dump(exclude_none=True),
             {"role": "tool", "tool_call_id": call.id, "content": "22 degrees and sunny"}]  # fmt: skip
-    answer = client.chat.completions.create(model="default", messages=ask, tools=[WEATHER], temperature=0, max_tokens=30)
+    answer = client.chat.completions.create(model="default", messages=ask, tools=[WEATHER], temperature=0, max_tokens=12)
     assert answer.choices[0].message.content and answer.choices[0].finish_reason in ("stop", "length")
 
 
@@ -232,14 +232,14 @@ def test_models_listed_loaded_on_demand_and_unloaded_when_idle(client, smol, smo
 
 
 def test_concurrent_requests_get_their_own_answers(client):
-    prompts = ["Name a colour.", "Name a fruit.", "Name an animal."]
+    prompts = ["Name a colour.", "Name an animal."]
     alone = [client.chat.completions.create(model="default", messages=[{"role": "user", "content": p}], temperature=0.7,
-                                            seed=i, max_tokens=12).choices[0].message.content for i, p in enumerate(prompts)]  # fmt: skip
+                                            seed=i, max_tokens=8).choices[0].message.content for i, p in enumerate(prompts)]  # fmt: skip
     together: list[str | None] = [None] * len(prompts)
 
     def ask(i: int) -> None:
         together[i] = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompts[i]}],
-                                                     temperature=0.7, seed=i, max_tokens=12).choices[0].message.content  # fmt: skip
+                                                     temperature=0.7, seed=i, max_tokens=8).choices[0].message.content  # fmt: skip
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
     for t in threads:
@@ -257,13 +257,14 @@ def test_no_cors_headers_unless_asked(smol):
     assert "access-control-allow-origin" not in pre.headers
 
 
-def test_the_command_serves(smollm2_gguf, tmp_path):
+def test_the_command_serves(tmp_path):
     import socket
 
+    folder = write_tiny_model(tmp_path / "tiny-llama", "llama", seed=1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_local", "serve", "-m", str(smollm2_gguf), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_local", "serve", "-m", str(folder), "--port", str(port),
                              "--api-key", "sekrit"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 90
@@ -277,10 +278,11 @@ def test_the_command_serves(smollm2_gguf, tmp_path):
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.3)
         c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sekrit", max_retries=0, timeout=60)
-        r = c.chat.completions.create(model="default", messages=CAPITAL, temperature=0, max_tokens=20)
-        assert "Paris" in r.choices[0].message.content
+        r = c.chat.completions.create(model="default", messages=CAPITAL, max_tokens=3)
+        assert r.model == "tiny-llama" and r.usage.completion_tokens <= 3
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
     finally:
         proc.terminate()
         proc.wait(30)
     assert proc.returncode in (0, -15)
+    assert f"http://127.0.0.1:{port}/v1" in proc.stderr.read()  # it says where it listens

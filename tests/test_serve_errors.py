@@ -271,3 +271,13 @@ def test_errors_never_show_internals(server):
     for r in (post(server, {**ASK, "max_tokens": "ten"}), post(server, {**ASK, "model": "nope-nope"})):
         text = json.dumps(r.json())
         assert "Traceback" not in text and 'File "' not in text
+
+
+@pytest.mark.parametrize(("flags", "culprit"), [(["--port", "70000"], "--port"), (["--keep-alive", "soon"], "--keep-alive soon"),
+                                                (["--max-queue", "0"], "--max-queue")])  # fmt: skip
+def test_the_command_checks_its_flags_before_loading(flags, culprit, capsys):
+    from mlx_local._cli import main
+
+    start = time.monotonic()
+    assert main(["serve", "-m", "/no/such/model", *flags]) == 1
+    assert culprit in capsys.readouterr().err and time.monotonic() - start < 5

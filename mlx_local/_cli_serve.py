@@ -41,13 +41,13 @@ def serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    from ._serve import INSTALL_HINT, _app_module
+
     try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
+        serve = _app_module().serve
     except ImportError:
-        out.err.print('error: the server needs FastAPI and uvicorn: pip install "mlx-local[server]"', markup=False, style="red")
+        out.err.print(f"error: {INSTALL_HINT}", markup=False, style="red")
         return 1
-    from ._serve_app import serve
     from ._serve_models import parse_keep_alive
 
     if not 0 <= args.port <= 65535:

@@ -281,3 +281,16 @@ def test_the_command_checks_its_flags_before_loading(flags, culprit, capsys):
     start = time.monotonic()
     assert main(["serve", "-m", "/no/such/model", *flags]) == 1
     assert culprit in capsys.readouterr().err and time.monotonic() - start < 5
+
+
+def test_without_the_server_extra_the_command_says_what_to_install():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['fastapi'] = None\n"  # as if FastAPI were not installed
+            "import mlx_local._serve as s\n"
+            "try:\n    s.create_app()\nexcept ImportError as e:\n    print(e)\n"
+            "from mlx_local._cli import main\nsys.exit(main(['serve']))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and 'pip install "mlx-local[server]"' in done.stderr
+    assert 'pip install "mlx-local[server]"' in done.stdout

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP server: a FastAPI app (routes, auth, limits, errors) and ``serve()`` to run it.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``GET /v1/models`` (and ``/v1/models/{id}``), ``GET /health``. The wire
-format is :mod:`mlx_local._serve_openai`; the models, loaded at start or on
+``POST /v1/responses``, ``GET /v1/models`` (and ``/v1/models/{id}``),
+``GET /health``. The wire format is :mod:`mlx_local._serve_openai` (and
+:mod:`mlx_local._serve_responses`); the models, loaded at start or on
 demand, are :mod:`mlx_local._serve_models`; each model's generation is
 owned by a :class:`~mlx_local._worker.Worker` (several requests queue there,
 and a client that goes away cancels its own generation).
@@ -28,7 +29,7 @@ import ipaddress
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -45,6 +46,7 @@ from ._serve_openai import (
     chat_param,
     completion_arguments,
 )
+from ._serve_responses import ResponsesReply, ResponsesRequest, responses_arguments, responses_param
 from .errors import (
     HubUnreachableError,
     InsufficientMemoryError,
@@ -292,6 +294,18 @@ def create_app(
         reply = ChatReply(served.name, served.model.tokenizer, logprobs=bool(body.logprobs))
         return await _answer(request, handle, reply, body.stream, body.stream_options)
 
+    @app.post("/v1/responses", dependencies=[Depends(authorized)])
+    async def responses(request: Request) -> Any:
+        body = await body_of(request, ResponsesRequest)
+        args, chat = responses_arguments(body, max_tokens_cap=max_tokens)
+        served = await registry.get(body.model)
+        try:
+            prepared = await asyncio.to_thread(lambda: served.model.prepare(**args))
+        except InvalidOptionError as e:
+            raise ApiError(400, str(e), param=responses_param(chat_param(e.option, chat))) from None
+        handle = await submit(served, prepared)
+        return await _answer(request, handle, ResponsesReply(served.name, body), body.stream, None)
+
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(request: Request) -> Any:
         body = await body_of(request, CompletionRequest)
@@ -318,7 +332,10 @@ def _raw_request(model: Model, args: dict[str, Any]) -> Any:
     return Prepared(model.encode(prompt, raw=True), model.default_options.updated(**opts), reuse_cache=True)
 
 
-async def _answer(request: Request, handle: Any, reply: ChatReply | CompletionReply, stream: bool, stream_options: Any) -> Any:
+Reply = Union[ChatReply, CompletionReply, ResponsesReply]
+
+
+async def _answer(request: Request, handle: Any, reply: Reply, stream: bool, stream_options: Any) -> Any:
     """The response: a JSON body once the run ends, or server-sent events as it goes."""
     if stream:
         include_usage = bool(stream_options and stream_options.include_usage)
@@ -348,23 +365,30 @@ async def _answer(request: Request, handle: Any, reply: ChatReply | CompletionRe
 
 
 def _sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    head = f"event: {data['type']}\n" if isinstance(data.get("type"), str) and "sequence_number" in data else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _events(handle: Any, reply: ChatReply | CompletionReply, include_usage: bool) -> AsyncIterator[str]:
+async def _events(handle: Any, reply: Reply, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events: chat and text completions end with ``data: [DONE]``, responses with ``response.completed``."""
+    responses = isinstance(reply, ResponsesReply)
     try:
-        if isinstance(reply, ChatReply):
-            yield _sse(reply.first_event())
+        opening = reply.first_events() if isinstance(reply, ResponsesReply) else \
+            [reply.first_event()] if isinstance(reply, ChatReply) else []  # fmt: skip
+        for event in opening:
+            yield _sse(event)
         async for chunk in handle:
             for event in reply.events(chunk):
                 yield _sse(event)
-        if include_usage:
+        if include_usage and not isinstance(reply, ResponsesReply):
             yield _sse(reply.usage_event())
     except Exception as e:  # headers are sent: the error goes in the stream, in OpenAI's shape
-        yield _sse(api_error(e).body())
+        error = api_error(e).body()
+        yield _sse({"type": "error", "sequence_number": 0, **error["error"]} if responses else error)
     finally:
         handle.cancel()  # the client went away (or it is over: a no-op)
-    yield "data: [DONE]\n\n"
+    if not responses:
+        yield "data: [DONE]\n\n"
 
 
 def _is_loopback(host: str) -> bool:

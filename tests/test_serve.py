@@ -286,3 +286,60 @@ def test_the_command_serves(tmp_path):
         proc.wait(30)
     assert proc.returncode in (0, -15)
     assert f"http://127.0.0.1:{port}/v1" in proc.stderr.read()  # it says where it listens
+
+
+# ------------------------------------------------------------------ /v1/responses
+
+
+def test_responses_text_whole_and_streamed(client):
+    ask = dict(model="default", input="What is the capital of France?", max_output_tokens=20, temperature=0)
+    r = client.responses.create(**ask)
+    assert r.status == "completed" and "Paris" in r.output_text and r.object == "response"
+    assert r.usage.input_tokens > 0 and r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    events = list(client.responses.create(**ask, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == r.output_text
+    assert [e.sequence_number for e in events] == sorted({e.sequence_number for e in events})
+    assert events[-1].response.output_text == r.output_text
+    cut = client.responses.create(**{**ask, "max_output_tokens": 2})
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+
+
+def test_responses_function_call_round_trip(client):
+    tool = {"type": "function", **WEATHER["function"]}
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.responses.create(model="default", input=ask, tools=[tool], tool_choice="required", temperature=0,
+                                max_output_tokens=40)  # fmt: skip
+    (call,) = [item for item in r.output if item.type == "function_call"]
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+    events = list(client.responses.create(model="default", input=ask, tools=[tool], tool_choice="required",
+                                          temperature=0, max_output_tokens=40, stream=True))  # fmt: skip
+    assert "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta") == call.arguments
+    follow = ask + [call.model_dump(exclude_none=True), {"type": "function_call_output", "call_id": call.call_id,
+                                                         "output": "22 degrees and sunny"}]  # fmt: skip
+    answer = client.responses.create(model="default", input=follow, tools=[tool], temperature=0, max_output_tokens=12)
+    assert answer.output_text
+
+
+def test_responses_reasoning(qwen):
+    client, model, thinkers = qwen
+    r = client.responses.create(model="default", input="2+2?", max_output_tokens=30)
+    kinds = [item.type for item in r.output]
+    assert kinds == ["reasoning", "message"] and r.output_text == "The answer is four."
+    assert r.output[0].content[0].text.split() == ["hmm"] * 3 and r.usage.output_tokens_details.reasoning_tokens == 3
+    events = list(client.responses.create(model="default", input="2+2?", max_output_tokens=30, stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == r.output[0].content[0].text
+    off = client.responses.create(model="default", input="2+2?", max_output_tokens=30, reasoning={"effort": "none"})
+    assert [item.type for item in off.output] == ["message"]
+
+
+def test_responses_bad_input(smol):
+    url = smol[0] + "/v1/responses"
+    for body, param in (({"model": "default", "input": "Hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+                        ({"model": "default", "input": [{"type": "image", "url": "x"}]}, "input[0].type"),
+                        ({"model": "default", "input": "Hi", "max_output_tokens": -1}, "max_output_tokens"),
+                        ({"model": "default", "input": "Hi", "reasoning": {"effort": "high"}}, "reasoning.effort"),
+                        ({"model": "default", "input": 7}, "input")):  # fmt: skip
+        r = httpx.post(url, json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

@@ -190,11 +190,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        unloader = asyncio.create_task(registry.keep_unloading())
         try:
             yield
         finally:
-            unloader.cancel()
             await asyncio.to_thread(registry.close)
 
     app = FastAPI(title="mlx-local", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -256,6 +254,14 @@ def create_app(
         except ValidationError as e:
             raise _validation_error(e) from None
 
+    def room(served: Served) -> None:
+        """Refuse at once when the model's queue is full (before preparing: a grammar can take seconds)."""
+        from ._worker import QueueFullError
+
+        worker = served.worker
+        if worker.pending >= worker.max_queue:
+            raise QueueFullError(f"{served.name} has {worker.max_queue} requests waiting or running already; try again later.")
+
     async def submit(served: Served, request_: Any) -> Any:
         from ._worker import WorkerClosedError
 
@@ -286,6 +292,7 @@ def create_app(
         body = await body_of(request, ChatRequest)
         args = chat_arguments(body, max_tokens_cap=max_tokens)
         served = await registry.get(body.model)
+        room(served)
         try:
             prepared = await asyncio.to_thread(lambda: served.model.prepare(**args))
         except InvalidOptionError as e:
@@ -299,6 +306,7 @@ def create_app(
         body = await body_of(request, ResponsesRequest)
         args, chat = responses_arguments(body, max_tokens_cap=max_tokens)
         served = await registry.get(body.model)
+        room(served)
         try:
             prepared = await asyncio.to_thread(lambda: served.model.prepare(**args))
         except InvalidOptionError as e:
@@ -311,6 +319,7 @@ def create_app(
         body = await body_of(request, CompletionRequest)
         args = completion_arguments(body, max_tokens_cap=max_tokens)
         served = await registry.get(body.model)
+        room(served)
         try:
             prepared = await asyncio.to_thread(_raw_request, served.model, args)
         except InvalidOptionError as e:

@@ -109,6 +109,7 @@ class Registry:
         self._served: dict[str, Served] = {}  # by located key
         self._lock = threading.Lock()
         self._load_lock: asyncio.Lock | None = None
+        self._unloader: asyncio.Task[None] | None = None
         loaded = model if isinstance(model, Model) else Model.load(model)
         start = Served(loaded.name, loaded, worker_factory(loaded), pinned=True,
                        aliases={DEFAULT_NAME, loaded.name, str(loaded.path)})  # fmt: skip
@@ -149,6 +150,10 @@ class Registry:
             ModelNotFoundError: no such model (or not on disk, without downloads); HubUnreachableError for the hub.
             InsufficientMemoryError: it would not fit beside what is loaded.
         """
+        if not name.strip():
+            from .errors import InvalidOptionError
+
+            raise InvalidOptionError(f"model is empty; send a name /v1/models lists, or {DEFAULT_NAME!r}.", option="model")
         found = self.find(name)
         if found is not None:
             return found
@@ -164,7 +169,10 @@ class Registry:
             found = self.find(name)
             if found is not None:
                 return found
-            return await asyncio.to_thread(self._load, name)
+            served = await asyncio.to_thread(self._load, name)
+        if self.keep_alive is not None and self._unloader is None:  # (here, not at start: a mounted app has no lifespan)
+            self._unloader = asyncio.get_running_loop().create_task(self.keep_unloading())
+        return served
 
     def _load(self, name: str) -> Served:
         from . import _hub as hub
@@ -243,7 +251,12 @@ class Registry:
             await asyncio.to_thread(self.unload_idle)
 
     def close(self) -> None:
-        """Stop every worker (the server is shutting down)."""
+        """Stop every worker and the unloading (the server is shutting down)."""
+        if self._unloader is not None:
+            try:
+                self._unloader.get_loop().call_soon_threadsafe(self._unloader.cancel)
+            except RuntimeError:  # its loop is closed already
+                pass
         with self._lock:
             served, self._served = list(self._served.values()), {}
         for s in served:

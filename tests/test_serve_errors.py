@@ -130,6 +130,7 @@ def test_missing_fields(server):
 @pytest.mark.parametrize(("change", "param"), [
     ({"max_tokens": -1}, "max_tokens"),
     ({"max_tokens": 0}, "max_tokens"),
+    ({"model": " "}, "model"),
     ({"max_completion_tokens": -5}, "max_completion_tokens"),
     ({"top_p": 1.5}, "top_p"),
     ({"temperature": -1}, "temperature"),

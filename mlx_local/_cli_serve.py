@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
             raise InvalidOptionError(f"{flag} {value}: give a whole number, 1 or more.", option=flag[2:].replace("-", "_"))
     options = {"max_concurrency": args.max_concurrency, "max_queue": args.max_queue, "keep_alive": args.keep_alive,
                "max_tokens": args.max_tokens, "cors_origins": args.cors_origin, "allow_load": not args.no_load,
-               "allow_download": args.allow_download}  # fmt: skip
+               "allow_download": args.allow_download, "source": args.model}  # fmt: skip
     model = load_model(args, out)
     out.note(f"serving {model.name} (also as 'default') at http://{args.host}:{args.port}/v1")
     serve(model, host=args.host, port=args.port, api_key=args.api_key, log_level="warning" if args.quiet else "info",

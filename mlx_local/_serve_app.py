@@ -149,6 +149,7 @@ def _worker_factory(max_queue: int, max_concurrency: int | None) -> Any:
 def create_app(
     model: Model | str | None = None,
     *,
+    source: str | None = None,
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
     max_concurrency: int | None = None,
@@ -166,6 +167,7 @@ def create_app(
             name: a loaded :class:`~mlx_local.Model`, a source for
             :meth:`Model.load <mlx_local.Model.load>`, or None (the embedded default).
             It is loaded now, before the app exists.
+        source: for a loaded ``model``, the source it was loaded from (another name that reaches it).
         api_key: when set, ``/v1`` routes want ``Authorization: Bearer <api_key>``.
         cors_origins: origins a browser may call from (none by default: no CORS headers).
         max_concurrency: the most requests a model generates for at once
@@ -185,7 +187,7 @@ def create_app(
                                         or max_concurrency < 1):  # fmt: skip
         raise InvalidOptionError(f"max_concurrency={max_concurrency!r}: give a whole number of at least 1.",
                                  option="max_concurrency")  # fmt: skip
-    registry = Registry(model, keep_alive=parse_keep_alive(keep_alive), allow_load=allow_load,
+    registry = Registry(model, source=source, keep_alive=parse_keep_alive(keep_alive), allow_load=allow_load,
                         allow_download=allow_download, worker_factory=_worker_factory(max_queue, max_concurrency))  # fmt: skip
 
     @asynccontextmanager

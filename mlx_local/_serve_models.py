@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ._model import Model
-from .errors import InsufficientMemoryError, ModelNotFoundError
+from ._sources import locate
+from .errors import InsufficientMemoryError, MLXLocalError, ModelNotFoundError
 
 __all__ = ["DEFAULT_NAME", "Registry", "Served", "parse_keep_alive"]
 
@@ -72,6 +73,7 @@ class Served:
         pinned: the model the server started with (never unloaded).
         estimate: bytes its memory estimate said it needs.
         aliases: other names that reach it.
+        keys: other sources that locate it (a .gguf file beside its import folder).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Served:
     pinned: bool
     estimate: int = 0
     aliases: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -100,34 +103,28 @@ class Registry:
         worker_factory: ``f(model) -> Worker``.
     """
 
-    def __init__(self, model: Model | str | None, *, keep_alive: float | None = 300.0, allow_load: bool = True,
-                 allow_download: bool = False, worker_factory: Callable[[Model], Any]) -> None:  # fmt: skip
+    def __init__(self, model: Model | str | None, *, source: str | None = None, keep_alive: float | None = 300.0,
+                 allow_load: bool = True, allow_download: bool = False, worker_factory: Callable[[Model], Any]) -> None:  # fmt: skip
         self.keep_alive = keep_alive
         self.allow_load = allow_load
         self.allow_download = allow_download
         self._factory = worker_factory
-        self._served: dict[str, Served] = {}  # by located key
+        self._served: dict[str, Served] = {}  # by the key of the folder it was loaded from
         self._lock = threading.Lock()
         self._load_lock: asyncio.Lock | None = None
         self._unloader: asyncio.Task[None] | None = None
         loaded = model if isinstance(model, Model) else Model.load(model)
         start = Served(loaded.name, loaded, worker_factory(loaded), pinned=True,
                        aliases={DEFAULT_NAME, loaded.name, str(loaded.path)})  # fmt: skip
-        if isinstance(model, str):
-            start.aliases.add(model)
-        self._served[self._start_key(model, loaded)] = start
+        source = model if isinstance(model, str) else source
+        if source:
+            start.aliases.add(source)
+            try:
+                start.keys.add(_key(locate(source, offline=True)))  # the same model by another name of it
+            except MLXLocalError:
+                pass
+        self._served[f"folder:{loaded.path}"] = start
         self.default = start
-
-    @staticmethod
-    def _start_key(source: Model | str | None, loaded: Model) -> str:
-        from ._sources import locate
-
-        if isinstance(source, Model):
-            return f"folder:{loaded.path}"
-        try:
-            return _key(locate(source, offline=True))
-        except Exception:  # noqa: BLE001 - a name we loaded must locate; if not, the folder is its key
-            return f"folder:{loaded.path}"
 
     # ----------------------------------------------------------------- lookups
 
@@ -176,21 +173,22 @@ class Registry:
 
     def _load(self, name: str) -> Served:
         from . import _hub as hub
-        from ._sources import locate
 
         offline = True if not self.allow_download else hub.is_offline(None)
         located = locate(name, offline=offline)
         key = _key(located)
         with self._lock:
-            if key in self._served:
-                self._served[key].aliases.add(name)
-                return self._served[key]
+            for s in self._served.values():
+                if key in s.keys or key == f"folder:{s.model.path}":
+                    s.aliases.add(name)
+                    return s
         estimate = self._check_fits(located, offline)
         model = Model.load(name, offline=offline, force=True, progress=False)
         served = Served(model.name, model, self._factory(model), pinned=False, estimate=estimate,
                         aliases={name, str(model.path)})  # fmt: skip
+        served.keys.add(key)
         with self._lock:
-            self._served[key] = served
+            self._served[f"folder:{model.path}"] = served
         return served
 
     def _check_fits(self, located: Any, offline: bool) -> int:

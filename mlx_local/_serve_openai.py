@@ -392,6 +392,8 @@ class ChatReply(_Reply):
             out.append(self._event({"content": chunk.text}, lps=lps))
         elif chunk.text and chunk.kind == "thinking":
             out.append(self._event({"reasoning_content": chunk.text, "reasoning": chunk.text}, lps=lps))
+        elif lps:  # tokens without text of their own (the end of turn): their log-probabilities still go out
+            out.append(self._event({"content": ""}, lps=lps))
         if chunk.finish_reason is not None:
             for i, call in enumerate(self._calls()):
                 head = {"index": i, "id": call["id"], "type": "function",

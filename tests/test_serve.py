@@ -30,8 +30,8 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def smol(smollm2):
-    app = create_app(smollm2, keep_alive="1s")
+def smol(smollm2, smollm2_gguf):
+    app = create_app(smollm2, source=str(smollm2_gguf), keep_alive="1s")
     with running(app) as url:
         yield url, app
 
@@ -104,6 +104,10 @@ def test_logprobs(client):
     for e in entries:
         assert e.logprob <= 0 and len(e.top_logprobs) == 3 and e.bytes == list(e.token.encode())
         assert e.top_logprobs[0].logprob == pytest.approx(e.logprob, abs=1e-4)  # greedy: the best is the one taken
+    events = client.chat.completions.create(model="default", messages=CAPITAL, temperature=0, max_tokens=10,
+                                            logprobs=True, top_logprobs=3, stream=True)  # fmt: skip
+    streamed = [x for e in events if e.choices and e.choices[0].logprobs for x in e.choices[0].logprobs.content]
+    assert [(x.token, round(x.logprob, 4)) for x in streamed] == [(x.token, round(x.logprob, 4)) for x in entries]
 
 
 def test_structured_output_parse(client):
@@ -212,11 +216,13 @@ def test_text_completions(client, smollm2):
     assert streamed == r.choices[0].text
 
 
-def test_models_listed_loaded_on_demand_and_unloaded_when_idle(client, smol, smollm2, tmp_path, monkeypatch):
+def test_models_listed_loaded_on_demand_and_unloaded_when_idle(client, smol, smollm2, smollm2_gguf, tmp_path, monkeypatch):
     url, app = smol
     ids = {m.id: m for m in client.models.list().data}
     assert smollm2.name in ids and ids[smollm2.name].model_extra["loaded"] is True
     assert client.models.retrieve("default").id == smollm2.name
+    by_file = client.chat.completions.create(model=str(smollm2_gguf), messages=CAPITAL, max_tokens=2)
+    assert by_file.model == smollm2.name and len(app.state.registry.loaded()) == 1  # the same model, not a second copy
     monkeypatch.setenv("MLX_LOCAL_MODELS", str(tmp_path))
     write_tiny_model(tmp_path / "tiny-llama", "llama", seed=3)
     listed = {m.id: m.model_extra["loaded"] for m in client.models.list().data}

@@ -120,8 +120,7 @@ def test_structured_output_parse(client):
     assert isinstance(r.choices[0].message.parsed, City) and r.choices[0].finish_reason == "stop"
     obj = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "A JSON object about Paris."}],
                                          response_format={"type": "json_object"}, temperature=0, max_tokens=40)  # fmt: skip
-    if obj.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(obj.choices[0].message.content), dict)
+    assert obj.choices[0].finish_reason == "stop" and isinstance(json.loads(obj.choices[0].message.content), dict)
 
 
 WEATHER = {"type": "function", "function": {
@@ -149,7 +148,7 @@ def test_tool_call_round_trip(client):
     # the result goes back; the model answers
     ask += [choice.message.model_dump(exclude_none=True),
             {"role": "tool", "tool_call_id": call.id, "content": "22 degrees and sunny"}]  # fmt: skip
-    answer = client.chat.completions.create(model="default", messages=ask, tools=[WEATHER], temperature=0, max_tokens=12)
+    answer = client.chat.completions.create(model="default", messages=ask, tools=[WEATHER], temperature=0, max_tokens=6)
     assert answer.choices[0].message.content and answer.choices[0].finish_reason in ("stop", "length")
 
 
@@ -324,7 +323,7 @@ def test_responses_function_call_round_trip(client):
     assert "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta") == call.arguments
     follow = ask + [call.model_dump(exclude_none=True), {"type": "function_call_output", "call_id": call.call_id,
                                                          "output": "22 degrees and sunny"}]  # fmt: skip
-    answer = client.responses.create(model="default", input=follow, tools=[tool], temperature=0, max_output_tokens=12)
+    answer = client.responses.create(model="default", input=follow, tools=[tool], temperature=0, max_output_tokens=6)
     assert answer.output_text
 
 

@@ -295,3 +295,36 @@ def test_without_the_server_extra_the_command_says_what_to_install():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and 'pip install "mlx-local[server]"' in done.stderr
     assert 'pip install "mlx-local[server]"' in done.stdout
+
+
+class Fails(Endless):
+    """Writes a few tokens, then raises, as a broken logits processor (or a failing kernel) would."""
+
+    def __call__(self, tokens, logits):
+        if self.steps >= 3:
+            raise RuntimeError("the kernel fell over")
+        return super().__call__(tokens, logits)
+
+
+def test_a_failing_generation_is_a_500_and_the_server_goes_on(server):
+    url, app, scripts = server
+    scripts.make = Fails
+    try:
+        error = assert_error(post(server, {**ASK, "max_tokens": 50}), 500)
+        assert error["type"] == "server_error" and "kernel" not in error["message"]  # no internals
+        with httpx.stream("POST", url + "/v1/chat/completions", json={**ASK, "max_tokens": 50, "stream": True},
+                          headers=AUTH, timeout=60) as r:  # fmt: skip
+            lines = [line for line in r.iter_lines() if line]
+        assert r.status_code == 200 and lines[-1] == "data: [DONE]"
+        assert json.loads(lines[-2][6:])["error"]["type"] == "server_error"
+    finally:
+        scripts.make = Endless
+    wait_idle(app)
+    still_serving(server)
+
+
+def test_only_loopback_addresses_count_as_private():
+    from mlx_local._serve_app import _is_loopback
+
+    assert all(_is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
+    assert not any(_is_loopback(h) for h in ("0.0.0.0", "::", "", "192.168.1.5", "example.com"))

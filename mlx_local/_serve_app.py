@@ -131,14 +131,11 @@ def _validation_error(e: ValidationError) -> ApiError:
 
 
 def _worker_factory(max_queue: int, max_concurrency: int | None) -> Any:
+    """``f(model) -> Worker``; ``max_concurrency`` goes to a worker that batches (one that runs one at a time has no such knob)."""
     from ._worker import Worker
 
-    params = inspect.signature(Worker).parameters
-    extra: dict[str, Any] = {}
-    for name in ("max_concurrency", "max_batch"):  # the batching worker's knob, when it has one
-        if name in params and max_concurrency is not None:
-            extra[name] = max_concurrency
-            break
+    batches = "max_concurrency" in inspect.signature(Worker).parameters
+    extra: dict[str, Any] = {"max_concurrency": max_concurrency} if batches and max_concurrency is not None else {}
 
     def make(model: Model) -> Any:
         return Worker(model, max_queue=max_queue, **extra)

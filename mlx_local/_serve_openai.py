@@ -429,7 +429,7 @@ class CompletionReply(_Reply):
 
     def events(self, chunk: Chunk) -> list[dict[str, Any]]:
         self.add(chunk)
-        if not chunk.text and chunk.finish_reason is None:
+        if (not chunk.text or chunk.kind != "content") and chunk.finish_reason is None:
             return []
         finish = self.finish_reason if chunk.finish_reason is not None else None
         choice = {"index": 0, "text": chunk.text if chunk.kind == "content" else "", "finish_reason": finish,

@@ -183,7 +183,16 @@ class Registry:
                     s.aliases.add(name)
                     return s
         estimate = self._check_fits(located, offline)
-        model = Model.load(name, offline=offline, force=True, progress=False)
+        try:
+            model = Model.load(name, offline=offline, force=True, progress=False)
+        except ModelNotFoundError as e:
+            if self.allow_download or located.kind != "repo":
+                raise
+            raise ModelNotFoundError(
+                f"{name} is not on disk, and this server loads only models on disk: download it first "
+                f"(`mlx-local pull {name}`), or start the server with --allow-download (allow_download=True).",
+                source=name,
+            ) from e
         served = Served(model.name, model, self._factory(model), pinned=False, estimate=estimate,
                         aliases={name, str(model.path)})  # fmt: skip
         served.keys.add(key)

@@ -234,6 +234,8 @@ def test_models_listed_loaded_on_demand_and_unloaded_when_idle(client, smol, smo
         assert time.monotonic() < deadline, "the idle model was not unloaded after keep_alive (1 s)"
         time.sleep(0.3)
     assert app.state.registry.find("default").model is smollm2  # the start model stays
+    absent = httpx.post(url + "/v1/chat/completions", json={"model": "qwen3-0.6b", "messages": CAPITAL}, timeout=30)
+    assert absent.status_code == 404 and "mlx-local pull qwen3-0.6b" in absent.json()["error"]["message"]  # no download
 
 
 def test_concurrent_requests_get_their_own_answers(client):

@@ -17,11 +17,11 @@ import httpx
 import pytest
 from openai import OpenAI
 from pydantic import BaseModel
-from serve_server import Scripts, Thinker, running
 
 import mlx_local
 from mlx_local._serve_app import create_app
 
+from serve_server import Scripts, Thinker, running
 from tiny_models import write_tiny_model
 
 pytestmark = pytest.mark.slow  # real models behind real servers

@@ -16,11 +16,11 @@ import time
 import httpx
 import pytest
 from openai import AuthenticationError, OpenAI
-from serve_server import Scripts, force, running
 
 import mlx_local
 from mlx_local._serve_app import create_app
 
+from serve_server import Scripts, force, running
 from tiny_models import write_tiny_model
 
 pytestmark = pytest.mark.slow  # a real server with a real (tiny) model

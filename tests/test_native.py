@@ -61,23 +61,32 @@ def _rel_err(y: mx.array, ref: np.ndarray) -> float:
     return float(np.abs(np.asarray(y.astype(mx.float32), dtype=np.float64) - ref).max() / np.abs(ref).max())
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8])
+#: Row counts through every path of the kernels: one row, blocks of 8, 4 and 2 rows, a last single row.
+ROWS = (1, 2, 3, 7, 8, 9, 16, 33, 64)
+
+
 @pytest.mark.parametrize("scale_dtype", [mx.float32, mx.bfloat16, mx.float16], ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("bits", [4, 5, 8])
-def test_kernels_match_a_float64_reference(ext, bits, group_size, scale_dtype, rows):
-    q, s, b = _quantized(136, 512, bits, group_size, scale_dtype)  # 136 = 34 tiles of 4 rows: both row paths
-    x = mx.random.normal((rows, 512), key=mx.random.key(rows))
-    ref = _reference(x, q, s, b, bits, group_size)
-    exact = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="exact")
-    int8 = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="int8")
-    assert exact.shape == int8.shape == (rows, 136)
-    assert exact.dtype == mx.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits).dtype
-    assert _rel_err(exact, ref) < 1e-5
-    assert _rel_err(int8, ref) < 2e-2  # int8 activations per 32: about 0.5% here
-    # the exact mode is MLX's own result within float32 rounding
-    mlx_result = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=group_size, bits=bits)
-    np.testing.assert_allclose(np.asarray(exact), np.asarray(mlx_result), rtol=0, atol=2e-6 * float(np.abs(ref).max()))
+def test_kernels_match_a_float64_reference(ext, bits, group_size, scale_dtype):
+    q, s, b = _quantized(136, 512, bits, group_size, scale_dtype)  # 136 = 2 tiles of 64 + 8, 34 blocks of 4 rows
+    for rows in ROWS:
+        x = mx.random.normal((rows, 512), key=mx.random.key(rows))
+        ref = _reference(x, q, s, b, bits, group_size)
+        exact = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="exact")
+        int8 = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="int8")
+        assert exact.shape == int8.shape == (rows, 136)
+        assert exact.dtype == mx.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits).dtype
+        assert _rel_err(exact, ref) < 1e-5, rows
+        assert _rel_err(int8, ref) < 2e-2, rows  # int8 activations per 32: about 0.5% here
+        # the exact mode is MLX's own result within float32 rounding
+        mlx_result = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=group_size, bits=bits)
+        atol = 2e-6 * float(np.abs(ref).max())
+        np.testing.assert_allclose(np.asarray(exact), np.asarray(mlx_result), rtol=0, atol=atol, err_msg=f"{rows} rows")
+        # the int8 mode computes each row as if it came alone: the same integer dots, the same roundings
+        for i in (0, rows - 1):
+            alone = _native.quantized_matmul(x[i : i + 1], q, s, b, group_size=group_size, bits=bits, mode="int8")
+            assert np.array_equal(np.asarray(int8[i : i + 1]), np.asarray(alone)), (rows, i)
 
 
 @pytest.mark.parametrize("x_dtype", [mx.bfloat16, mx.float16], ids=["bf16", "f16"])

@@ -169,6 +169,27 @@ def test_bad_inputs_are_clear_errors(ext):
         _cpu_kernels.set_native_mode("on")
 
 
+@pytest.mark.parametrize("mode", ["exact", "int8"])
+def test_layers_take_the_native_kernel_up_to_the_measured_row_limit_then_blas(ext, mode):
+    import mlx.nn as nn
+
+    previous = _cpu_kernels.set_native_mode(mode)
+    try:
+        for k in (256, 1088):  # a narrow and a wide input (K > 1024 breaks even sooner)
+            layer = nn.QuantizedLinear(k, 64, bias=False, group_size=64, bits=4)
+            assert _cpu_kernels.optimize_for_cpu(layer) == 1
+            limit = _cpu_kernels.native_row_limit(k, 4, mode)
+            assert limit >= 128 and (k <= 1024 or limit < _cpu_kernels.native_row_limit(256, 4, mode))
+            for rows in (1, 9, limit, limit + 1):
+                x = mx.random.normal((1, rows, k), key=mx.random.key(rows))
+                native = _native.quantized_matmul(x, layer.weight, layer.scales, layer.biases, group_size=64, bits=4, mode=mode)
+                blas = x @ mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=64, bits=4).T
+                y = np.asarray(layer(x))
+                assert np.array_equal(y, np.asarray(native if rows <= limit else blas)), (k, rows)
+    finally:
+        _cpu_kernels.set_native_mode(previous)
+
+
 def test_native_status_says_which_kernels_run(ext):
     previous = _cpu_kernels.set_native_mode("exact")
     try:

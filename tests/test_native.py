@@ -89,6 +89,20 @@ def test_kernels_match_a_float64_reference(ext, bits, group_size, scale_dtype):
             assert np.array_equal(np.asarray(int8[i : i + 1]), np.asarray(alone)), (rows, i)
 
 
+@pytest.mark.parametrize("bits", [4, 5, 8])
+def test_wide_inputs_done_in_chunks_give_the_one_pass_result(ext, bits):
+    q, s, b = _quantized(72, 1152, bits, 128)  # K > 1024: chunks of 512, the last one of 128
+    for rows in (2, 9, 16):
+        x = mx.random.normal((rows, 1152), key=mx.random.key(rows))
+        ref = _reference(x, q, s, b, bits, 128)
+        assert _rel_err(_native.quantized_matmul(x, q, s, b, group_size=128, bits=bits, mode="exact"), ref) < 1e-5
+        int8 = _native.quantized_matmul(x, q, s, b, group_size=128, bits=bits, mode="int8")
+        assert _rel_err(int8, ref) < 2e-2
+        # the single-row kernel makes one pass over K: the same sums in the same order
+        alone = _native.quantized_matmul(x[-1:], q, s, b, group_size=128, bits=bits, mode="int8")
+        assert np.array_equal(np.asarray(int8[-1:]), np.asarray(alone)), rows
+
+
 @pytest.mark.parametrize("x_dtype", [mx.bfloat16, mx.float16], ids=["bf16", "f16"])
 def test_half_precision_inputs_give_half_precision_outputs(ext, x_dtype):
     q, s, b = _quantized(64, 256, 4, 64, x_dtype)

@@ -54,6 +54,18 @@ ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 512]
 QMM_MAX_MACS = 1.5e8
 
 
+def _peaks(fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    """MB that each fn allocates at its peak beyond what is already held (its output included)."""
+    out = {}
+    for name, fn in fns.items():
+        mx.clear_cache()
+        held = mx.get_active_memory()
+        mx.reset_peak_memory()
+        mx.eval(fn())
+        out[name] = round((mx.get_peak_memory() - held) / 1e6, 3)
+    return out
+
+
 def _time(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     """Median seconds per call of each fn, the fns interleaved round by round."""
     for fn in fns.values():  # warm up, and size the inner loops to ~20 ms
@@ -115,7 +127,7 @@ def layers(args: argparse.Namespace) -> None:
                 fns = _methods(ext, before, x, (q, s, b), gs, bits)
                 t = _time(fns, args.repeats)
                 row = {"model": model, "layer": layer, "K": k, "N": n, "bits": bits, "group_size": gs, "rows": rows,
-                       "ms": {name: round(v * 1e3, 4) for name, v in t.items()}}
+                       "ms": {name: round(v * 1e3, 4) for name, v in t.items()}, "peak_mb": _peaks(fns)}
                 results.append(row)
                 ratios = "  ".join(f"{name}/native {v / t['native']:6.2f}" for name, v in t.items() if name != "native")
                 print(f"{bits}b {model:13} {layer:13} {rows:4} rows  native {t['native'] * 1e3:8.3f} ms  {ratios}",

@@ -160,18 +160,26 @@ def turn(args: argparse.Namespace) -> None:
         pass
     base = cache[0].offset
     out: dict[str, list[float]] = {str(n): [] for n in args.new}
+    cpu: dict[str, list[float]] = {str(n): [] for n in args.new}
+    peak: dict[str, float] = {}
     for r in range(args.repeats + 1):  # the first round warms up
         for n in args.new:
             prompt = mx.array([(i * 104729 + r) % vocab + 100 for i in range(n)])
-            start = time.perf_counter()
+            mx.clear_cache()
+            held = mx.get_active_memory()
+            mx.reset_peak_memory()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for token, _ in generate_step(prompt, model.module, max_tokens=1, prompt_cache=cache):
                 mx.eval(token)
             if r:
                 out[str(n)].append(time.perf_counter() - start)
+                cpu[str(n)].append(time.process_time() - start_cpu)  # all threads: load-independent work
+                peak[str(n)] = round((mx.get_peak_memory() - held) / 1e6, 1)
             trim_prompt_cache(cache, cache[0].offset - base)
     from mlx_local import _cpu_kernels
 
-    print(json.dumps({"model": args.model, "kernels": _cpu_kernels.native_status(), "seconds": out}))
+    print(json.dumps({"model": args.model, "kernels": _cpu_kernels.native_status(), "seconds": out,
+                      "cpu_seconds": cpu, "peak_mb": peak}))
 
 
 def turns(args: argparse.Namespace) -> None:
@@ -179,6 +187,8 @@ def turns(args: argparse.Namespace) -> None:
     here = Path(__file__).resolve().parent
     trees = [str(Path(t).resolve()) for t in args.trees]
     samples: dict[str, dict[str, dict[str, list[float]]]] = {t: {m: {} for m in args.turn_models} for t in trees}
+    cpu: dict[str, dict[str, dict[str, list[float]]]] = {t: {m: {} for m in args.turn_models} for t in trees}
+    peaks: dict[str, dict[str, dict[str, float]]] = {t: {} for t in trees}
     for round_ in range(args.rounds):
         for model in args.turn_models:
             for tree in trees:
@@ -191,14 +201,21 @@ def turns(args: argparse.Namespace) -> None:
                 got = json.loads(res.stdout.strip().splitlines()[-1])
                 for n, xs in got["seconds"].items():
                     samples[tree][model].setdefault(n, []).extend(xs)
+                for n, xs in got["cpu_seconds"].items():
+                    cpu[tree][model].setdefault(n, []).extend(xs)
+                peaks[tree][model] = got["peak_mb"]
                 meds = {n: round(median(xs), 3) for n, xs in got["seconds"].items()}
-                print(f"round {round_} {model:22} {tree:20} first token s: {meds}", flush=True)
+                cpus = {n: round(median(xs), 3) for n, xs in got["cpu_seconds"].items()}
+                print(f"round {round_} {model:22} {tree:20} first token s: {meds}  cpu s: {cpus}  peak MB: {got['peak_mb']}",
+                      flush=True)
     table = {t: {m: {n: round(median(xs), 4) for n, xs in d.items()} for m, d in per.items()} for t, per in samples.items()}
     for model in args.turn_models:
         for n in map(str, args.new):
             cells = "  ".join(f"{Path(t).name}: {table[t][model][n]:.3f} s" for t in trees)
             print(f"{model:22} {n:>3} new tokens after {args.context}: {cells}")
-    out = {"device": device(), "context": args.context, "trees": trees, "median_seconds": table, "samples": samples}
+    cpu_table = {t: {m: {n: round(median(xs), 4) for n, xs in d.items()} for m, d in per.items()} for t, per in cpu.items()}
+    out = {"device": device(), "load_average": os.getloadavg(), "context": args.context, "trees": trees,
+           "median_seconds": table, "median_cpu_seconds": cpu_table, "peak_mb": peaks, "samples": samples}
     print("wrote", write(args.output, out))
 
 

@@ -19,10 +19,42 @@ touched: memory stays that of the quantized model, and saving, loading and
 ``mlx_lm`` see ordinary ``QuantizedLinear`` parameters.
 
 With mlx_local's native kernels loaded (:mod:`mlx_local._native`, Linux
-x86-64), products of up to :data:`NATIVE_ROWS` rows (decoding, short prompts)
-of 4-, 5- and 8-bit layers go to them instead: SIMD, threaded over the cores,
-exact float32 by default (``MLX_LOCAL_NATIVE=int8``: int8 activations, faster,
-logits within about 1%). :func:`native_status` says which kernels run.
+x86-64), 4-, 5- and 8-bit layers go to them instead, from one row (decoding)
+up to :func:`native_row_limit` rows (chat turns, short and medium prompts):
+SIMD, threaded over the cores, each unpacked weight reused for up to 8 rows
+at once, exact float32 by default (``MLX_LOCAL_NATIVE=int8``: int8
+activations, faster, logits within about 1%). Beyond that limit a prompt
+chunk is dequantized for BLAS: the dequantizing (about 4 ns a weight here,
+whatever the row count) is then paid back by BLAS's faster multiply-adds.
+The limit was measured (``benchmarks/kernels.py layers``, results in
+``benchmarks/results/kernels*.json``): dequantize + BLAS time over the native
+kernel's, 4-bit g64, medians of 5 interleaved runs on the loaded 2-core
+machine (the ratios are noisy, about +-30%):
+
+=====================  =====  =====  =====  =====  =====  ======  ======
+layer (K x N)           rows:    64    128    256    512    1024    2048
+=====================  =====  =====  =====  =====  =====  ======  ======
+SmolLM2 q/o 576x576    exact  0.56   1.35   1.73   1.10    0.55    0.63
+SmolLM2 up 576x1536    exact  2.17   1.27   0.98   1.31    0.68    0.67
+SmolLM2 down 1536x576  exact  1.89   0.83   0.75   0.52    0.53    0.50
+Qwen3 q 1024x2048      exact  3.92   2.17   2.36   0.98    0.70    0.95
+Qwen3 up 1024x3072     exact  4.80   2.39   1.55   1.15    1.19    0.76
+Qwen3 o 2048x1024      exact  2.23   1.57   0.81   0.58    0.46    0.47
+Qwen3 down 3072x1024   exact  1.97   1.22   0.74   0.61    0.52    0.57
+Qwen3 up 1024x3072     int8   9.80   3.82   2.25   1.81    1.46    0.96
+Qwen3 down 3072x1024   int8   6.13   2.40   1.57   1.31    1.10    1.12
+=====================  =====  =====  =====  =====  =====  ======  ======
+
+Dequantizing costs the same at 4 and 8 bits and about four times more at 5
+bits (MLX's 5-bit unpacking), which moves the 5-bit break-even up as much
+(a 5-bit layer stays native up to 2048 rows). The break-even depends on the
+input width K, not on N: while 8 rows of x
+(8 x K floats) fit the 32 KB L1 cache (K <= 1024) the native kernel runs
+near BLAS's speed and wins up to ~512 rows (exact) / ~1024 (int8); wider
+layers (K > 1024, the MLP's down projection, Qwen3's o_proj) break even
+near 200 / 512 rows. :func:`native_row_limit` encodes that; near the limit
+both ways cost about the same, and the native one allocates no float copy
+of the layer. :func:`native_status` says which kernels run.
 """
 
 from __future__ import annotations
@@ -36,14 +68,18 @@ import mlx.nn as nn
 from . import _native
 from .errors import InvalidOptionError
 
-__all__ = ["optimize_for_cpu", "native_status", "set_native_mode", "PREFILL_ROWS", "SPLIT_ROWS", "NATIVE_ROWS"]
+__all__ = ["optimize_for_cpu", "native_status", "set_native_mode", "native_row_limit", "PREFILL_ROWS", "SPLIT_ROWS"]
 
-#: With at least this many input rows, dequantize and use BLAS.
+#: Without the native kernels: with at least this many input rows, dequantize and use BLAS.
 PREFILL_ROWS = 2
-#: Layers with at least this many output rows are split over two streams when decoding.
+#: Layers with at least this many output rows are split over two streams when decoding (MLX's kernel).
 SPLIT_ROWS = 512
-#: Products of at most this many rows use the native kernels, when they are loaded.
-NATIVE_ROWS = 8
+#: Inputs up to this wide keep 8 rows of x in L1 (32 KB): the native kernel's fast case (see the table above).
+_NARROW_K = 1024
+#: (exact, int8) row limits of the native kernel for narrow and wide inputs, from the table above.
+_LIMITS = {"exact": (512, 192), "int8": (1024, 512)}
+#: mx.dequantize's cost per weight relative to 4 bits (one thread, 576x1536: 3.6 ms at 4 and 8 bits, 16 ms at 5).
+_DEQUANT_COST = {4: 1, 5: 4, 8: 1}
 
 _ISA_NAMES = {"avx2": "AVX2", "avx512vnni": "AVX-512 VNNI", "avxvnni": "AVX-VNNI"}
 
@@ -106,11 +142,27 @@ def _rows(x: mx.array) -> int:
     return n
 
 
+def native_row_limit(in_features: int, bits: int, mode: str = "exact") -> int:
+    """Up to how many input rows the native kernel beats dequantize + BLAS on a layer (measured, see above).
+
+    ``mode`` is the native mode, ``"exact"`` or ``"int8"``. The native kernel runs at about the same
+    speed at 4, 5 and 8 bits, but MLX dequantizes 5 bits four times slower: the break-even moves up as much.
+    """
+    narrow, wide = _LIMITS["int8" if mode == "int8" else "exact"]
+    return (narrow if in_features <= _NARROW_K else wide) * _DEQUANT_COST.get(bits, 1)
+
+
 def _qmm(x: mx.array, layer: Any) -> mx.array:
-    """``x @ W.T`` for a quantized layer's W, the fastest way on the CPU."""
+    """``x @ W.T`` for a quantized layer's W, the fastest way on the CPU (the one place that decides)."""
     biases = layer.get("biases")
     rows = _rows(x)
-    if rows <= NATIVE_ROWS and biases is not None and _native.supports(layer.bits, layer.group_size, x.shape[-1]) and _native_on():
+    k = x.shape[-1]
+    if (
+        biases is not None
+        and _native.supports(layer.bits, layer.group_size, k)
+        and rows <= native_row_limit(k, layer.bits, _mode)
+        and _native_on()
+    ):
         return _native.quantized_matmul(
             x, layer.weight, layer.scales, biases, group_size=layer.group_size, bits=layer.bits, mode=_mode
         )

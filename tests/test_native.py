@@ -61,23 +61,46 @@ def _rel_err(y: mx.array, ref: np.ndarray) -> float:
     return float(np.abs(np.asarray(y.astype(mx.float32), dtype=np.float64) - ref).max() / np.abs(ref).max())
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8])
+#: Row counts through every path of the kernels: one row, blocks of 8, 4 and 2 rows, a last single row.
+ROWS = (1, 2, 3, 7, 8, 9, 16, 33, 64)
+
+
 @pytest.mark.parametrize("scale_dtype", [mx.float32, mx.bfloat16, mx.float16], ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("bits", [4, 5, 8])
-def test_kernels_match_a_float64_reference(ext, bits, group_size, scale_dtype, rows):
-    q, s, b = _quantized(136, 512, bits, group_size, scale_dtype)  # 136 = 34 tiles of 4 rows: both row paths
-    x = mx.random.normal((rows, 512), key=mx.random.key(rows))
-    ref = _reference(x, q, s, b, bits, group_size)
-    exact = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="exact")
-    int8 = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="int8")
-    assert exact.shape == int8.shape == (rows, 136)
-    assert exact.dtype == mx.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits).dtype
-    assert _rel_err(exact, ref) < 1e-5
-    assert _rel_err(int8, ref) < 2e-2  # int8 activations per 32: about 0.5% here
-    # the exact mode is MLX's own result within float32 rounding
-    mlx_result = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=group_size, bits=bits)
-    np.testing.assert_allclose(np.asarray(exact), np.asarray(mlx_result), rtol=0, atol=2e-6 * float(np.abs(ref).max()))
+def test_kernels_match_a_float64_reference(ext, bits, group_size, scale_dtype):
+    q, s, b = _quantized(136, 512, bits, group_size, scale_dtype)  # 136 = 2 tiles of 64 + 8, 34 blocks of 4 rows
+    for rows in ROWS:
+        x = mx.random.normal((rows, 512), key=mx.random.key(rows))
+        ref = _reference(x, q, s, b, bits, group_size)
+        exact = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="exact")
+        int8 = _native.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits, mode="int8")
+        assert exact.shape == int8.shape == (rows, 136)
+        assert exact.dtype == mx.quantized_matmul(x, q, s, b, group_size=group_size, bits=bits).dtype
+        assert _rel_err(exact, ref) < 1e-5, rows
+        assert _rel_err(int8, ref) < 2e-2, rows  # int8 activations per 32: about 0.5% here
+        # the exact mode is MLX's own result within float32 rounding
+        mlx_result = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=group_size, bits=bits)
+        atol = 2e-6 * float(np.abs(ref).max())
+        np.testing.assert_allclose(np.asarray(exact), np.asarray(mlx_result), rtol=0, atol=atol, err_msg=f"{rows} rows")
+        # the int8 mode computes each row as if it came alone: the same integer dots, the same roundings
+        for i in (0, rows - 1):
+            alone = _native.quantized_matmul(x[i : i + 1], q, s, b, group_size=group_size, bits=bits, mode="int8")
+            assert np.array_equal(np.asarray(int8[i : i + 1]), np.asarray(alone)), (rows, i)
+
+
+@pytest.mark.parametrize("bits", [4, 5, 8])
+def test_wide_inputs_done_in_chunks_give_the_one_pass_result(ext, bits):
+    q, s, b = _quantized(72, 1152, bits, 128)  # K > 1024: chunks of 512, the last one of 128
+    for rows in (2, 9, 16):
+        x = mx.random.normal((rows, 1152), key=mx.random.key(rows))
+        ref = _reference(x, q, s, b, bits, 128)
+        assert _rel_err(_native.quantized_matmul(x, q, s, b, group_size=128, bits=bits, mode="exact"), ref) < 1e-5
+        int8 = _native.quantized_matmul(x, q, s, b, group_size=128, bits=bits, mode="int8")
+        assert _rel_err(int8, ref) < 2e-2
+        # the single-row kernel makes one pass over K: the same sums in the same order
+        alone = _native.quantized_matmul(x[-1:], q, s, b, group_size=128, bits=bits, mode="int8")
+        assert np.array_equal(np.asarray(int8[-1:]), np.asarray(alone)), rows
 
 
 @pytest.mark.parametrize("x_dtype", [mx.bfloat16, mx.float16], ids=["bf16", "f16"])
@@ -158,6 +181,28 @@ def test_bad_inputs_are_clear_errors(ext):
         _native.quantized_matmul(x, q, s, b, group_size=64, bits=4, mode="fast")
     with pytest.raises(mlx_local.InvalidOptionError, match="native mode must be"):
         _cpu_kernels.set_native_mode("on")
+
+
+@pytest.mark.parametrize("mode", ["exact", "int8"])
+def test_layers_take_the_native_kernel_up_to_the_measured_row_limit_then_blas(ext, mode):
+    import mlx.nn as nn
+
+    previous = _cpu_kernels.set_native_mode(mode)
+    try:
+        for k in (256, 1088):  # a narrow and a wide input (K > 1024 breaks even sooner)
+            layer = nn.QuantizedLinear(k, 64, bias=False, group_size=64, bits=4)
+            assert _cpu_kernels.optimize_for_cpu(layer) == 1
+            limit = _cpu_kernels.native_row_limit(k, 4, mode)
+            assert limit >= 128 and (k <= 1024 or limit < _cpu_kernels.native_row_limit(256, 4, mode))
+            assert _cpu_kernels.native_row_limit(k, 5, mode) > limit  # MLX dequantizes 5 bits slower
+            for rows in (1, 9, limit, limit + 1):
+                x = mx.random.normal((1, rows, k), key=mx.random.key(rows))
+                native = _native.quantized_matmul(x, layer.weight, layer.scales, layer.biases, group_size=64, bits=4, mode=mode)
+                blas = x @ mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=64, bits=4).T
+                y = np.asarray(layer(x))
+                assert np.array_equal(y, np.asarray(native if rows <= limit else blas)), (k, rows)
+    finally:
+        _cpu_kernels.set_native_mode(previous)
 
 
 def test_native_status_says_which_kernels_run(ext):

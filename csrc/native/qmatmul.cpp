@@ -150,11 +150,18 @@ void run(const float* x, int64_t sm, int64_t sk, const uint8_t* w, const void* s
   const int64_t bytes = (int64_t)N * K * bits / 8 * M;
   if (nt == 1 || bytes < (64 << 10)) {  // not worth waking another thread
     fn(a, 0, N);
-    return;
+  } else {
+    Job job{&a, fn};
+    const int chunk = (N / (nt * 8) + 63) / 64 * 64;
+    parallel_for(job_body, &job, N, chunk < 64 ? 64 : chunk);
   }
-  Job job{&a, fn};
-  const int chunk = (N / (nt * 8) + 63) / 64 * 64;
-  parallel_for(job_body, &job, N, chunk < 64 ? 64 : chunk);
+  // a long prompt's prepared activations (as large as x) are not kept for the next call
+  if ((size_t)M * K > ((size_t)1 << 20)) {
+    std::vector<int8_t>().swap(xq);
+    std::vector<float>().swap(dvec);
+    std::vector<float>().swap(xf);
+    std::vector<float>().swap(xsum);
+  }
 }
 
 std::string shape_str(const mx::array& a) {

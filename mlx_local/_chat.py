@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from ._conversation import Conversation, check_message, text_of
 from ._fileio import write_text_atomic
-from ._generation import Chunk, GenerationOptions, collect
+from ._generation import Chunk, collect
 from ._reply import Reply
+from ._request import Request
 from ._thinking import ThinkingBudget
 from ._tools import Tool, Toolset
 from .errors import ChatError, InvalidOptionError
@@ -295,6 +296,27 @@ class Chat:
             logits_processors: extra mlx-lm logits processors (advanced).
             **options: generation options for this turn.
         """
+        request, new, soft = self._prepare(
+            text, thinking=thinking, thinking_budget=thinking_budget, tools=tools, tool_choice=tool_choice,
+            schema=schema, choices=choices, pattern=pattern, logits_processors=logits_processors, options=options,
+        )  # fmt: skip
+        return self._generate(request, new, soft)
+
+    def _prepare(
+        self,
+        text: str | None,
+        *,
+        thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = "auto",
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        pattern: str | None = None,
+        logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
+        options: Mapping[str, Any],
+    ) -> tuple[Request, list[dict[str, Any]], bool | None]:
+        """The request for this turn, the messages it adds, and the soft switch after it (nothing changes yet)."""
         if text is None:
             turns = self._conversation.turns
             if not turns or turns[-1]["role"] not in ("user", "tool"):
@@ -333,7 +355,9 @@ class Chat:
         if budget is not None and mode and tags is not None:
             guard = ThinkingBudget(tags, tags.transition_ids(self.model.tokenizer), budget, inside=prompt.thinking_open)
             processors.append(guard)  # last, so the budget wins over any other processor
-        return self._generate(prompt.ids, prompt.thinking_open, opts, processors, guard, new, soft, toolset, constraint)
+        request = Request(prompt.ids, opts, processors, prompt.thinking_open, toolset, constraint, guard,
+                          self.reuse_cache, mode if self.support != "none" else None)  # fmt: skip
+        return request, new, soft
 
     def _mode(self, explicit: bool | None, soft: bool | None) -> bool:
         for choice in (explicit, soft, self.thinking):
@@ -343,32 +367,15 @@ class Chat:
                 return choice
         return self.support != "none"  # the model's default: thinking models think
 
-    def _generate(
-        self,
-        ids: list[int],
-        inside: bool,
-        opts: GenerationOptions,
-        processors: list[Any],
-        guard: ThinkingBudget | None,
-        new: list[dict[str, Any]],
-        soft: bool | None,
-        toolset: Toolset | None,
-        constraint: Any,
-    ) -> Iterator[Chunk]:
+    def _generate(self, request: Request, new: list[dict[str, Any]], soft: bool | None) -> Iterator[Chunk]:
         seen: list[Chunk] = []
-        for chunk in self.model.run(
-            ids,
-            opts,
-            logits_processors=processors,
-            thinking_open=inside,
-            prompt_cache=self.model.prompt_cache if self.reuse_cache else None,
-            tools=toolset,
-        ):
+        for chunk in self.model.execute(request):
             seen.append(chunk)
             yield chunk
         c = collect(seen)
         # A block the prompt opened is thinking even when the model closed it at once.
-        thinking = c.thinking if c.thinking is not None or not inside else ""
+        thinking = c.thinking if c.thinking is not None or not request.thinking_open else ""
+        guard, toolset = request.guard, request.toolset
         reply = Reply(
             c.content,
             thinking,
@@ -376,10 +383,10 @@ class Chat:
             c.stats,
             bool(guard and guard.hit),
             c.token_ids,
-            opts,
+            request.opts,
             tool_calls=seen[-1].tool_calls,
             tool_format=toolset.format if toolset else None,
-            constraint=constraint,
+            constraint=request.constraint,
         )
         assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.thinking:

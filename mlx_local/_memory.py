@@ -376,3 +376,32 @@ def largest_fitting(usable: int, *, context: int = DEFAULT_CONTEXT, family: str 
     same = [e for e in fitting if e.family == family]
     pool = same or fitting
     return max(pool, key=lambda e: e.parameters) if pool else None
+
+
+def check_fits(located: Any, *, dtype: str | None, revision: str | None, offline: bool | None,
+                gguf_weights: str) -> None:
+    """Refuse a model (a ``_sources.Located``) that would not fit this machine, before any download or import."""
+    from ._hub import is_offline
+    from .errors import InsufficientMemoryError, ModelNotFoundError
+
+    context = DEFAULT_CONTEXT
+    try:
+        est = estimate_located(located, context=context, dtype=dtype, revision=revision,
+                                      offline=is_offline(offline), gguf_weights=gguf_weights)
+    except ModelNotFoundError:
+        return  # not on disk and the hub out of reach: loading says so itself
+    device = device_info()
+    if est.total <= device.usable_memory:
+        return
+    family = located.entry.family if located.entry else None
+    other = largest_fitting(device.usable_memory, context=context, family=family)
+    hint = f" {other.name} would fit (`Model.load({other.name!r})`)." if other else " No catalog model fits either."
+    raise InsufficientMemoryError(
+        f"{located.name} needs about {format_bytes(est.total)} (weights {format_bytes(est.weights)}, "
+        f"KV cache {format_bytes(est.kv_cache)} for {context} tokens, overhead {format_bytes(est.overhead)}) "
+        f"but this machine offers {format_bytes(device.usable_memory)} ({device.usable_source}).{hint} "
+        "Pass force=True to load it anyway.",
+        required=est.total,
+        available=device.usable_memory,
+        suggestion=other.name if other else None,
+    )

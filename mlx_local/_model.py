@@ -7,17 +7,17 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
-from . import _hub as hub
 from . import _runtime as runtime
 from . import _sources as sources
 from ._conversation import check_messages
 from ._generation import Chunk, GenerationOptions, Result, collect
 from ._loading import LoadedFolder, load_folder
 from ._prompt_cache import PromptCache
+from ._request import Request
 from ._sources import DEFAULT_MODEL
 from ._template import ChatTemplate, Prompt
 from ._thinking import ThinkTags
-from .errors import InvalidOptionError, ModelNotFoundError
+from .errors import InvalidOptionError
 
 if TYPE_CHECKING:
     from ._chat import Chat
@@ -28,37 +28,6 @@ __all__ = ["Model", "DEFAULT_MODEL"]
 PromptInput = Union[str, Sequence[Mapping[str, Any]]]
 
 _DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _check_fits(located: sources.Located, *, dtype: str | None, revision: str | None, offline: bool | None,
-                gguf_weights: str) -> None:
-    """Refuse a model that would not fit this machine, before any download or import."""
-    from . import _memory as memory
-    from ._device import device_info
-    from ._units import format_bytes
-    from .errors import InsufficientMemoryError
-
-    context = memory.DEFAULT_CONTEXT
-    try:
-        est = memory.estimate_located(located, context=context, dtype=dtype, revision=revision,
-                                      offline=hub.is_offline(offline), gguf_weights=gguf_weights)
-    except ModelNotFoundError:
-        return  # not on disk and the hub out of reach: loading says so itself
-    device = device_info()
-    if est.total <= device.usable_memory:
-        return
-    family = located.entry.family if located.entry else None
-    other = memory.largest_fitting(device.usable_memory, context=context, family=family)
-    hint = f" {other.name} would fit (`Model.load({other.name!r})`)." if other else " No catalog model fits either."
-    raise InsufficientMemoryError(
-        f"{located.name} needs about {format_bytes(est.total)} (weights {format_bytes(est.weights)}, "
-        f"KV cache {format_bytes(est.kv_cache)} for {context} tokens, overhead {format_bytes(est.overhead)}) "
-        f"but this machine offers {format_bytes(device.usable_memory)} ({device.usable_source}).{hint} "
-        "Pass force=True to load it anyway.",
-        required=est.total,
-        available=device.usable_memory,
-        suggestion=other.name if other else None,
-    )
 
 
 class Model:
@@ -147,7 +116,9 @@ class Model:
         rt = runtime.current()
         located = sources.locate(source, quantized=quantized, offline=offline)
         if not force:
-            _check_fits(located, dtype=dtype, revision=revision, offline=offline, gguf_weights=gguf_weights)
+            from ._memory import check_fits
+
+            check_fits(located, dtype=dtype, revision=revision, offline=offline, gguf_weights=gguf_weights)
         folder = sources.local_folder(
             located, revision=revision, offline=offline, gguf_weights=gguf_weights, progress=progress
         )
@@ -324,6 +295,54 @@ class Model:
         return constraint, self.run(
             prompt_.ids, opts, logits_processors=[*logits_processors, *grammar], thinking_open=prompt_.thinking_open,
             prompt_cache=self.prompt_cache if reuse_cache else None,
+        )  # fmt: skip
+
+    def prepare(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = "auto",
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        pattern: str | None = None,
+        logits_processors: Sequence[Callable[[Any, Any], Any]] = (),
+        reuse_cache: bool = True,
+        **options: Any,
+    ) -> Request:
+        """A checked, ready-to-run generation answering ``messages``; run it with :meth:`execute`.
+
+        Stateless: the same as a :class:`Chat` holding ``messages`` and
+        sending ``None`` (the last message must be a user or tool message),
+        with the same arguments as :meth:`Chat.stream`: thinking mode and
+        budget (None: the model's default; the family's published sampling
+        for the mode applies unless an option sets it), tools, structured
+        output, options. Everything is checked here (``InvalidOptionError``
+        naming the culprit) before any token is generated. ``reuse_cache``:
+        start from and keep KV caches in :attr:`prompt_cache`, so a client
+        resending a growing conversation pays only for the new tokens.
+
+        >>> request = model.prepare([{"role": "user", "content": "Hi"}], max_tokens=8)  # doctest: +SKIP
+        >>> "".join(c.text for c in model.execute(request))                           # doctest: +SKIP
+        """
+        from ._chat import Chat
+
+        chat = Chat(self, thinking=thinking, thinking_budget=thinking_budget, reuse_cache=reuse_cache)
+        for m in check_messages(messages):
+            chat.add(m)
+        request, _, _ = chat._prepare(
+            None, tools=tools, tool_choice=tool_choice, schema=schema, choices=choices, pattern=pattern,
+            logits_processors=logits_processors, options=options,
+        )  # fmt: skip
+        return request
+
+    def execute(self, request: Request) -> Iterator[Chunk]:
+        """Run a request from :meth:`prepare` (or a chat), yielding its chunks; the last carries ``stats``."""
+        return self.run(
+            request.ids, request.opts, logits_processors=request.processors, thinking_open=request.thinking_open,
+            prompt_cache=self.prompt_cache if request.reuse_cache else None, tools=request.toolset,
         )  # fmt: skip
 
     def run(

@@ -33,38 +33,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
-from ._generation import Chunk, GenerationOptions, Stats
+from ._generation import Chunk, Stats
+from ._request import Request
 
 if TYPE_CHECKING:
     from ._decoder import Decoder
     from ._model import Model
 
-__all__ = ["BatchEngine", "BatchRequest", "Emit", "why_alone", "DEFAULT_MAX_CONCURRENCY", "DEFAULT_PREFILL_STEP"]
+__all__ = ["BatchEngine", "Emit", "why_alone", "DEFAULT_MAX_CONCURRENCY", "DEFAULT_PREFILL_STEP"]
 
 #: Sequences decoding together at most (the native CPU kernels serve up to 8 rows).
 DEFAULT_MAX_CONCURRENCY = 4
 #: Prompt tokens prefilled per step while others decode: a newcomer's prompt
 #: delays the running decodes by about one such chunk per token they make.
 DEFAULT_PREFILL_STEP = 256
-
-
-class BatchRequest(Protocol):
-    """What the engine needs of a prepared request (``mlx_local._request.Request`` has it)."""
-
-    @property
-    def ids(self) -> Sequence[int]: ...
-    @property
-    def opts(self) -> GenerationOptions: ...
-    @property
-    def processors(self) -> Sequence[Any]: ...
-    @property
-    def thinking_open(self) -> bool: ...
-    @property
-    def toolset(self) -> Any: ...
-    @property
-    def reuse_cache(self) -> bool: ...
 
 
 #: Receives a request's chunks, or the error that ended it.
@@ -79,7 +63,7 @@ def _cache_batchable(model: Model) -> str | None:
     return f"{model.name}'s KV cache ({', '.join(bad)}) has no batched form" if bad else None
 
 
-def why_alone(model: Model, request: BatchRequest) -> str | None:
+def why_alone(model: Model, request: Request) -> str | None:
     """Why ``request`` must run on its own rather than in a batch, or None if it can be batched."""
     if request.opts.seed is not None and request.opts.temperature > 0:
         return "seed= with temperature > 0: batched sequences share MLX's one random generator, so the sample would not be reproducible"
@@ -90,16 +74,39 @@ def why_alone(model: Model, request: BatchRequest) -> str | None:
     return reason
 
 
+class _Guarded:
+    """A request's logits processors, run so that an error in one fails that request only.
+
+    ``BatchGenerator`` calls each sequence's processors in turn inside its
+    step; an exception there would end the whole batch. Caught here, it is
+    kept for the engine to hand to its request after the step.
+    """
+
+    def __init__(self, processors: list[Any]) -> None:
+        self.processors = processors
+        self.error: BaseException | None = None
+
+    def __call__(self, tokens: Any, logits: Any) -> Any:
+        if self.error is None:
+            try:
+                for processor in self.processors:
+                    logits = processor(tokens, logits)
+            except Exception as e:  # handed to the request's caller after the step
+                self.error = e
+        return logits
+
+
 @dataclass
 class _Slot:
     """One request in the batch."""
 
-    request: BatchRequest
+    request: Request
     emit: Emit
     decoder: Decoder
     ids: list[int]
     cached: int
     start: float
+    guard: _Guarded | None
     first: float | None = None
 
 
@@ -153,7 +160,7 @@ class BatchEngine:
         """How many more requests :meth:`add` takes now."""
         return self.max_concurrency - len(self._slots)
 
-    def add(self, request: BatchRequest, emit: Emit) -> int:
+    def add(self, request: Request, emit: Emit) -> int:
         """Start ``request`` (it must be batchable, see :func:`why_alone`); its chunks go to ``emit``.
 
         Returns its id, for :meth:`cancel`.
@@ -170,6 +177,7 @@ class BatchEngine:
         cache, cached = store.take(ids) if store is not None else (None, 0)
         sampler, processors = sampler_and_processors(opts)
         processors += list(request.processors)
+        guard = _Guarded(processors) if processors else None
         if not self._slots:
             mx.reset_peak_memory()
         (uid,) = self._generator().insert(
@@ -177,10 +185,10 @@ class BatchEngine:
             max_tokens=[opts.max_tokens],
             caches=[cache] if cache is not None else None,
             samplers=[None if opts.temperature == 0 else sampler],  # None: the batch's shared argmax
-            logits_processors=[processors],
+            logits_processors=[[guard] if guard is not None else []],
         )
         decoder = self.model.new_decoder(opts, thinking_open=request.thinking_open, tools=request.toolset)
-        self._slots[uid] = _Slot(request, emit, decoder, ids, cached if cache is not None else 0, time.perf_counter())
+        self._slots[uid] = _Slot(request, emit, decoder, ids, cached if cache is not None else 0, time.perf_counter(), guard)
         return int(uid)
 
     def cancel(self, uid: int) -> bool:
@@ -202,6 +210,12 @@ class BatchEngine:
             return
         _, responses = self._generator().next()
         done: list[tuple[int, Any]] = []  # (uid, its extracted cache, or None: still in the generator)
+        failed = [uid for uid, s in self._slots.items() if s.guard is not None and s.guard.error is not None]
+        for uid in failed:
+            bad = self._slots.pop(uid)
+            self._generator().remove([uid])
+            assert bad.guard is not None and bad.guard.error is not None
+            bad.emit(bad.guard.error)
         for r in responses:
             slot = self._slots.get(r.uid)
             if slot is None:

@@ -12,8 +12,9 @@ Three configurations, interleaved round by round (A B C A B C ...):
 - ``N clients, one at a time``: the worker with ``max_concurrency=1``;
 - ``N clients, batched``: the worker with ``max_concurrency=N``.
 
-Per configuration: total generated tokens/s (all clients, over the wall
-time), p50/p99 time to first token and latency per request (client side,
+Per configuration: total generated tokens/s (all clients: the tokens that
+arrived while the clients were sending, over ``--duration``; and all tokens
+over the wall time, tail included), p50/p99 time to first token and latency per request (client side,
 from sending to the first text and to the end), requests complete and lost.
 Every answer is checked against the one-at-a-time answer to the same prompt.
 And the cost of a decode step by number of rows (1, 2, 4, 8 sequences),
@@ -63,6 +64,8 @@ class Outcome:
     latency: float = 0.0
     finish: str | None = None
     error: str | None = None
+    #: (time.perf_counter(), tokens) of each piece as it arrived
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,12 +74,16 @@ class Run:
 
     name: str
     clients: int
+    duration: float
+    start: float = 0.0
     wall: float = 0.0
     outcomes: list[Outcome] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         done = [o for o in self.outcomes if o.finish is not None and o.error is None]
         tokens = sum(o.tokens for o in done)
+        # While every client is sending (the window), not the tail of answers finishing after it.
+        window = sum(n for o in self.outcomes for t, n in o.arrivals if t - self.start <= self.duration)
 
         def pct(xs: list[float], q: float) -> float | None:
             if not xs:
@@ -89,7 +96,7 @@ class Run:
         return {
             "name": self.name, "clients": self.clients, "wall_s": self.wall, "requests": len(self.outcomes),
             "complete": len(done), "lost": len(self.outcomes) - len(done), "tokens": tokens,
-            "tokens_per_s": tokens / self.wall if self.wall else 0.0,
+            "tokens_per_s": window / self.duration, "tokens_per_s_overall": tokens / self.wall if self.wall else 0.0,
             "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99), "latency_p50": pct(lat, 0.5), "latency_p99": pct(lat, 0.99),
             "errors": sorted({o.error for o in self.outcomes if o.error}),
         }  # fmt: skip
@@ -109,8 +116,10 @@ def worker_client(worker: Any, model: mlx_local.Model, max_tokens: int) -> Calla
         try:
             parts = []
             for chunk in worker.submit(request):
+                now = time.perf_counter()
+                out.arrivals.append((now, len(chunk.token_ids)))
                 if out.ttft is None and chunk.text:
-                    out.ttft = time.perf_counter() - start
+                    out.ttft = now - start
                 if chunk.kind == "content":
                     parts.append(chunk.text)
                 if chunk.stats is not None:
@@ -144,8 +153,10 @@ def http_client(base_url: str, max_tokens: int, api_key: str = "none") -> Callab
             for chunk in stream:
                 for choice in chunk.choices:
                     if choice.delta.content:
+                        now = time.perf_counter()
+                        out.arrivals.append((now, 1))  # (a delta is about a token: the server streams each as it comes)
                         if out.ttft is None:
-                            out.ttft = time.perf_counter() - start
+                            out.ttft = now - start
                         parts.append(choice.delta.content)
                     if choice.finish_reason is not None:
                         out.finish = choice.finish_reason
@@ -162,9 +173,9 @@ def http_client(base_url: str, max_tokens: int, api_key: str = "none") -> Callab
 
 def load(ask: Callable[[int], Outcome], name: str, clients: int, duration: float) -> Run:
     """``clients`` closed-loop clients sending requests for ``duration`` seconds; waits for every answer."""
-    run = Run(name, clients)
+    run = Run(name, clients, duration)
     lock = threading.Lock()
-    start = time.perf_counter()
+    start = run.start = time.perf_counter()
 
     def client(c: int) -> None:
         j = 0
@@ -308,7 +319,8 @@ def main() -> None:
                 close()
             s = run.summary()
             row.append(s)
-            print(f"round {r + 1} {name:28s} {s['tokens_per_s']:6.1f} tok/s  {s['complete']}/{s['requests']} complete  "
+            print(f"round {r + 1} {name:28s} {s['tokens_per_s']:6.1f} tok/s ({s['tokens_per_s_overall']:.1f} overall)  "
+                  f"{s['complete']}/{s['requests']} complete  "
                   f"ttft p50 {s['ttft_p50'] or 0:.2f}s  latency p50 {s['latency_p50'] or 0:.2f}s", flush=True)  # fmt: skip
             for o in run.outcomes:
                 if o.error is None and o.finish is not None:
@@ -322,11 +334,12 @@ def main() -> None:
     for i, name in enumerate(names):
         runs = [row[i] for row in rounds]
         per_config[name] = {k: median([x[k] for x in runs if x[k] is not None]) if any(x[k] is not None for x in runs) else None
-                            for k in ("tokens_per_s", "ttft_p50", "ttft_p99", "latency_p50", "latency_p99")}  # fmt: skip
+                            for k in ("tokens_per_s", "tokens_per_s_overall", "ttft_p50", "ttft_p99", "latency_p50", "latency_p99")}  # fmt: skip
         per_config[name].update(requests=sum(x["requests"] for x in runs), complete=sum(x["complete"] for x in runs),
                                 lost=sum(x["lost"] for x in runs), errors=sorted({e for x in runs for e in x["errors"]}))  # fmt: skip
     one, many = names[0], names[-1]
     ratios = [row[-1]["tokens_per_s"] / row[0]["tokens_per_s"] for row in rounds if row[0]["tokens_per_s"]]
+    overall = [row[-1]["tokens_per_s_overall"] / row[0]["tokens_per_s_overall"] for row in rounds if row[0]["tokens_per_s_overall"]]
     result: dict[str, Any] = {
         "device": device(),
         "model": model.name if model is not None else args.url,
@@ -338,6 +351,7 @@ def main() -> None:
         "configs": per_config, "rounds": rounds,
         "ratio_batched_vs_one_client": median(ratios) if ratios else None,
         "ratio_per_round": ratios,
+        "ratio_overall_batched_vs_one_client": median(overall) if overall else None,
         "answers_match_one_at_a_time": all(texts == {reference[p]} for p, texts in answers.items() if p in reference),
         "prompts_answered": len(answers),
     }  # fmt: skip

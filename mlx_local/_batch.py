@@ -32,6 +32,7 @@ The engine is driven by one thread (the worker's); it is not thread-safe.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Union
 
@@ -55,6 +56,9 @@ DEFAULT_PREFILL_STEP = 256
 Emit = Callable[[Union[Chunk, BaseException]], None]
 
 
+_cache_verdicts: weakref.WeakKeyDictionary[Model, str | None] = weakref.WeakKeyDictionary()
+
+
 def _cache_batchable(model: Model) -> str | None:
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -67,11 +71,9 @@ def why_alone(model: Model, request: Request) -> str | None:
     """Why ``request`` must run on its own rather than in a batch, or None if it can be batched."""
     if request.opts.seed is not None and request.opts.temperature > 0:
         return "seed= with temperature > 0: batched sequences share MLX's one random generator, so the sample would not be reproducible"
-    reason: str | None = getattr(model, "_batch_refusal", "unknown")
-    if reason == "unknown":
-        reason = _cache_batchable(model)
-        model._batch_refusal = reason  # type: ignore[attr-defined]  # the model's cache types do not change
-    return reason
+    if model not in _cache_verdicts:  # a model's cache types do not change
+        _cache_verdicts[model] = _cache_batchable(model)
+    return _cache_verdicts[model]
 
 
 class _Guarded:
@@ -241,7 +243,10 @@ class BatchEngine:
             slot = self._slots.pop(uid)
             if cache is None and uid in caches:
                 cache = caches[uid][0]
-            self._finish(slot, cache)
+            try:
+                self._finish(slot, cache)
+            except Exception as e:  # e.g. its tool calls would not parse: this request only
+                slot.emit(e)
 
     def _finish(self, slot: _Slot, cache: Any) -> None:
         import mlx.core as mx

@@ -279,6 +279,11 @@ class Worker:
             self._engine.step()
         except Exception as e:  # the model failed on the batch: every request in it gets the error
             self._engine.abort(e)  # (through their emit, which ends each one)
+            for handle in self._batched.values():  # (none should be left: but none may hang either)
+                self._done(1)
+                handle._push(e)
+                handle._push(_END)
+            self._batched.clear()
 
     def _done(self, n: int) -> None:
         with self._cond:

@@ -362,8 +362,10 @@ def main() -> None:
         rows = [1, 2, 4, 8]
         result["step_ms_by_rows"] = step_costs(model, rows, args.repeats)
         print("decode step ms by rows:", {k: round(v, 1) for k, v in result["step_ms_by_rows"].items()})
-    print(f"{many} vs {one}: x{result['ratio_batched_vs_one_client']:.2f} total tokens/s (per round: "
-          f"{', '.join(f'{x:.2f}' for x in ratios)}); answers match one at a time: {result['answers_match_one_at_a_time']}")
+    ratio, whole = result["ratio_batched_vs_one_client"], result["ratio_overall_batched_vs_one_client"]
+    print(f"{many} vs {one}: x{ratio or 0:.2f} total tokens/s in the window (per round: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)}), x{whole or 0:.2f} overall; "
+          f"answers match one at a time: {result['answers_match_one_at_a_time']}")
     suffix = "_float32" if args.float else ""
     path = write(f"serve_load{suffix}", result)
     import charts

@@ -232,7 +232,9 @@ def configurations(args: argparse.Namespace, model: mlx_local.Model | None) -> l
             from mlx_local._worker import Worker
 
             assert model is not None
-            w = Worker(model, max_concurrency=k)
+            from mlx_local._batch import DEFAULT_PREFILL_STEP
+
+            w = Worker(model, max_concurrency=k, prefill_step_size=args.prefill_step or DEFAULT_PREFILL_STEP)
             return worker_client(w, model, args.max_tokens), w.close
 
         return make
@@ -294,6 +296,8 @@ def main() -> None:
     ap.add_argument("--url", default=None, help="a running server's base URL (.../v1)")
     ap.add_argument("--api-key", default="none")
     ap.add_argument("--no-rows", action="store_true", help="skip the decode step cost by rows")
+    ap.add_argument("--prefill-step", type=int, default=None, help="the worker's prefill_step_size (default: its own)")
+    ap.add_argument("--tag", default="", help="appended to the output files' names")
     args = ap.parse_args()
 
     model: mlx_local.Model | None = None
@@ -347,7 +351,7 @@ def main() -> None:
         "quantization": model.quantization if model is not None else None,
         "native": mlx_local._cpu_kernels.native_status() if model is not None else None,
         "target": "url" if args.url else args.target,
-        "clients": args.clients, "duration_s": args.duration, "repeats": args.repeats, "max_tokens": args.max_tokens,
+        "prefill_step_size": args.prefill_step, "clients": args.clients, "duration_s": args.duration, "repeats": args.repeats, "max_tokens": args.max_tokens,
         "configs": per_config, "rounds": rounds,
         "ratio_batched_vs_one_client": median(ratios) if ratios else None,
         "ratio_per_round": ratios,
@@ -366,7 +370,7 @@ def main() -> None:
     print(f"{many} vs {one}: x{ratio or 0:.2f} total tokens/s in the window (per round: "
           f"{', '.join(f'{x:.2f}' for x in ratios)}), x{whole or 0:.2f} overall; "
           f"answers match one at a time: {result['answers_match_one_at_a_time']}")
-    suffix = "_float32" if args.float else ""
+    suffix = ("_float32" if args.float else "") + (f"_{args.tag}" if args.tag else "")
     path = write(f"serve_load{suffix}", result)
     import charts
 

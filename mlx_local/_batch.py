@@ -26,6 +26,11 @@ sample; and models whose KV cache type has no batch form. Those run one at
 a time (the worker does that). Log-probabilities batch fine: the batch gives
 each sequence its own normalized row.
 
+Stats are per request; ``time_to_first_token`` and ``total_time`` count
+from its admission to the batch (:meth:`BatchEngine.add`; time waiting in
+a worker's queue before that is not included), ``peak_memory`` is the
+process's peak since the batch last started from empty.
+
 The engine is driven by one thread (the worker's); it is not thread-safe.
 """
 

@@ -19,6 +19,7 @@ from ._convert import convert  # noqa: E402
 from ._device import device_info  # noqa: E402
 from ._memory import estimate_memory  # noqa: E402
 from ._model import DEFAULT_MODEL, Model  # noqa: E402
+from ._serve import create_app, serve  # noqa: E402
 from ._store import local_models, models, pull, remove  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .errors import (  # noqa: E402
@@ -46,10 +47,12 @@ __all__ = [
     "StorageError",
     "__version__",
     "convert",
+    "create_app",
     "device_info",
     "estimate_memory",
     "local_models",
     "models",
     "pull",
     "remove",
+    "serve",
 ]

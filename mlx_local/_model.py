@@ -21,6 +21,7 @@ from .errors import InvalidOptionError
 
 if TYPE_CHECKING:
     from ._chat import Chat
+    from ._decoder import Decoder
 
 __all__ = ["Model", "DEFAULT_MODEL"]
 
@@ -365,31 +366,13 @@ class Model:
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
-        from ._decoder import ChannelTag, Decoder
         from ._runner import run_sequence
 
         ids = list(ids)
         cache, cached = prompt_cache.take(ids) if prompt_cache is not None else (None, 0)
         if cache is None:
             cache, cached = make_prompt_cache(self.module), 0
-        tags = self.think_tags
-        channels = [ChannelTag("thinking", (tags.start_id,), (tags.end_id,), leading=True)] if tags else []
-        text_tags: list[Any] = []
-        if tools is not None and tools.choice != "none":
-            open_ids, close_ids = tools.tag_ids()
-            if len(open_ids) == 1 and len(close_ids) == 1:  # tags that are tokens of their own
-                channels.append(ChannelTag("tool_call", open_ids, close_ids))
-            else:  # text the tokenizer may merge with what follows: matched in the decoded text
-                text_tags.append(("tool_call", tools.open, tools.close))
-        decoder = Decoder(
-            self.tokenizer.detokenizer,
-            eos_ids=self.tokenizer.eos_token_ids,
-            tags=channels,
-            inside="thinking" if thinking_open else None,
-            stop=opts.stop,
-            loops=opts.stop_loops,
-            text_tags=text_tags,
-        )
+        decoder = self.new_decoder(opts, thinking_open=thinking_open, tools=tools)
         mx.reset_peak_memory()
         if opts.seed is not None:
             mx.random.seed(opts.seed)
@@ -409,17 +392,45 @@ class Model:
         if prompt_cache is not None:
             prompt_cache.put(ids + decoder.tokens, cache)
 
+    def new_decoder(self, opts: GenerationOptions, *, thinking_open: bool = False, tools: Any = None) -> Decoder:
+        """The :class:`~mlx_local._decoder.Decoder` of one generation (``run`` and the batch engine share it)."""
+        from ._decoder import ChannelTag, Decoder
+
+        tags = self.think_tags
+        channels = [ChannelTag("thinking", (tags.start_id,), (tags.end_id,), leading=True)] if tags else []
+        text_tags: list[Any] = []
+        if tools is not None and tools.choice != "none":
+            open_ids, close_ids = tools.tag_ids()
+            if len(open_ids) == 1 and len(close_ids) == 1:  # tags that are tokens of their own
+                channels.append(ChannelTag("tool_call", open_ids, close_ids))
+            else:  # text the tokenizer may merge with what follows: matched in the decoded text
+                text_tags.append(("tool_call", tools.open, tools.close))
+        return Decoder(
+            self.tokenizer.detokenizer,
+            eos_ids=self.tokenizer.eos_token_ids,
+            tags=channels,
+            inside="thinking" if thinking_open else None,
+            stop=opts.stop,
+            loops=opts.stop_loops,
+            text_tags=text_tags,
+        )
+
     @staticmethod
     def _with_calls(chunks: Iterator[Chunk], decoder: Any, tools: Any) -> Iterator[Chunk]:
+        for chunk in chunks:
+            yield Model.with_calls(chunk, decoder, tools)
+
+    @staticmethod
+    def with_calls(chunk: Chunk, decoder: Any, tools: Any) -> Chunk:
+        """``chunk``, and if it is the last one, with the tool calls ``decoder`` saw parsed onto it."""
         from dataclasses import replace
 
-        for chunk in chunks:
-            if chunk.stats is not None:
-                calls, _ = tools.parse(decoder.segments.get("tool_call", []))
-                if calls:
-                    finish = "tool_calls" if chunk.finish_reason == "stop" else chunk.finish_reason
-                    chunk = replace(chunk, tool_calls=tuple(calls), finish_reason=finish)
-            yield chunk
+        if chunk.stats is not None:
+            calls, _ = tools.parse(decoder.segments.get("tool_call", []))
+            if calls:
+                finish = "tool_calls" if chunk.finish_reason == "stop" else chunk.finish_reason
+                chunk = replace(chunk, tool_calls=tuple(calls), finish_reason=finish)
+        return chunk
 
     def generate(
         self,

@@ -10,7 +10,15 @@ come, from plain code (``for``) or from an event loop (``async for``).
 next token; its KV cache is not given back. A full queue refuses at once
 (:class:`QueueFullError`) instead of letting callers wait without bound.
 
-This version runs one request at a time.
+Requests decode together, up to ``max_concurrency`` at once, on the batch
+engine (:mod:`mlx_local._batch`: mlx-lm's ``BatchGenerator`` with each
+request's own decoder, so each answer is what it would be alone). They are
+admitted in order of arrival as places free up; a newcomer's prompt is
+prefilled in chunks between the running decodes. A request that cannot be
+batched (:func:`~mlx_local._batch.why_alone`: a ``seed`` with sampling)
+waits for the batch to drain and runs on its own, and the requests behind
+it wait for it (first come, first served). ``max_concurrency=1`` runs
+everything one at a time through :meth:`Model.execute`.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
+from ._batch import DEFAULT_MAX_CONCURRENCY, DEFAULT_PREFILL_STEP, BatchEngine, why_alone
 from ._generation import Chunk
 from ._request import Request
 from .errors import MLXLocalError
@@ -118,21 +127,30 @@ class Handle:
 
 
 class Worker:
-    """Runs a model's requests on a thread of its own, in order of arrival.
+    """Runs a model's requests on a thread of its own, in order of arrival, several at once.
 
     Args:
         model: the :class:`~mlx_local.Model` it owns.
         max_queue: the most requests waiting or running; more are refused
             with :class:`QueueFullError`.
+        max_concurrency: the most requests decoding together (1: one at a
+            time).
+        prefill_step_size: prompt tokens a newcomer is prefilled by between
+            two decode steps of the running requests.
     """
 
-    def __init__(self, model: Model, *, max_queue: int = 64) -> None:
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            from .errors import InvalidOptionError
+    def __init__(self, model: Model, *, max_queue: int = 64, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+                 prefill_step_size: int = DEFAULT_PREFILL_STEP) -> None:  # fmt: skip
+        from .errors import InvalidOptionError
 
-            raise InvalidOptionError(f"max_queue={max_queue!r}: give a whole number of at least 1.", option="max_queue")
+        for name, value in (("max_queue", max_queue), ("max_concurrency", max_concurrency)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOptionError(f"{name}={value!r}: give a whole number of at least 1.", option=name)
         self.model = model
         self.max_queue = max_queue
+        self.max_concurrency = max_concurrency
+        self._engine = BatchEngine(model, max_concurrency=max_concurrency, prefill_step_size=prefill_step_size)
+        self._batched: dict[int, Handle] = {}  # engine id -> handle, touched by the worker thread only
         self._queue: deque[Handle] = deque()
         self._cond = threading.Condition()
         self._running = 0
@@ -182,37 +200,111 @@ class Worker:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                handle = self._queue.popleft()
-                self._running += 1
-            try:
-                self._run(handle)
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    self._last_active = time.monotonic()
+    # ------------------------------------------------------------ the worker thread
 
-    def _run(self, handle: Handle) -> None:
-        if handle.cancelled:
-            handle._push(_END)
-            return
-        chunks = self.model.execute(handle.request)
+    def _loop(self) -> None:
         try:
-            for chunk in chunks:
-                handle._push(chunk)
-                if handle.cancelled or self._closed:
+            while True:
+                alone = self._admit()
+                if alone is None and self._closed:
+                    return
+                if alone is not None:
+                    self._run_alone(alone)
+                    continue
+                self._drop_cancelled()
+                if self._batched:
+                    self._step()
+        finally:
+            for handle in self._batched.values():  # closed while they ran
+                handle._push(_END)
+            self._batched.clear()
+            self._engine.close()
+
+    def _admit(self) -> Handle | None:
+        """Move queued requests into the batch while there is room, in order; a request to run alone, if its turn came."""
+        with self._cond:
+            while not self._queue and not self._batched and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            ready: list[Handle] = []
+            alone: Handle | None = None
+            while self._queue:
+                handle = self._queue[0]
+                if handle.cancelled:
+                    self._queue.popleft()
+                    handle._push(_END)
+                    continue
+                if self.max_concurrency == 1 or why_alone(self.model, handle.request) is not None:
+                    if self._batched or ready:
+                        break  # first come, first served: it waits for the batch to drain
+                    alone = self._queue.popleft()
                     break
-        except Exception as e:  # the caller gets it; the worker goes on with the next request
+                if len(ready) >= self._engine.free:
+                    break
+                ready.append(self._queue.popleft())
+            self._running += len(ready) + (alone is not None)
+        for handle in ready:
+            self._start(handle)
+        return alone
+
+    def _start(self, handle: Handle) -> None:
+        def emit(item: Chunk | BaseException) -> None:
+            if isinstance(item, BaseException) or item.stats is not None:  # its last
+                self._batched.pop(uid, None)
+                self._done(1)
+                handle._push(item)
+                handle._push(_END)
+            else:
+                handle._push(item)
+
+        try:
+            uid = self._engine.add(handle.request, emit)
+        except Exception as e:  # e.g. a prompt cache that cannot be merged: this request only
+            self._done(1)
             handle._push(e)
             return
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+        self._batched[uid] = handle
+
+    def _drop_cancelled(self) -> None:
+        for uid, handle in list(self._batched.items()):
+            if handle.cancelled:
+                self._engine.cancel(uid)
+                del self._batched[uid]
+                self._done(1)
+                handle._push(_END)
+
+    def _step(self) -> None:
+        try:
+            self._engine.step()
+        except Exception as e:  # the model failed on the batch: every request in it gets the error
+            self._engine.abort(e)  # (through their emit, which ends each one)
+            for handle in self._batched.values():  # (none should be left: but none may hang either)
+                self._done(1)
+                handle._push(e)
+                handle._push(_END)
+            self._batched.clear()
+
+    def _done(self, n: int) -> None:
+        with self._cond:
+            self._running -= n
+            self._last_active = time.monotonic()
+
+    def _run_alone(self, handle: Handle) -> None:
+        try:
+            chunks = self.model.execute(handle.request)
+            try:
+                for chunk in chunks:
+                    handle._push(chunk)
+                    if handle.cancelled or self._closed:
+                        break
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+        except Exception as e:  # the caller gets it; the worker goes on with the next request
+            self._done(1)
+            handle._push(e)
+            return
+        self._done(1)
         handle._push(_END)

@@ -161,6 +161,7 @@ def _swap_layers(module: nn.Module) -> int:
 # ------------------------------------------------------------------ attention
 
 _original: Callable[..., mx.array] | None = None
+_SDPA = "scaled_dot_product_attention"  # the name the model modules import from mlx_lm.models.base
 
 
 def scaled_dot_product_attention(
@@ -209,8 +210,8 @@ def _patch_attention() -> None:
         _original = base.scaled_dot_product_attention
     base.scaled_dot_product_attention = scaled_dot_product_attention
     for name, mod in list(sys.modules.items()):
-        if name.startswith("mlx_lm.models.") and getattr(mod, "scaled_dot_product_attention", None) is _original:
-            mod.scaled_dot_product_attention = scaled_dot_product_attention
+        if name.startswith("mlx_lm.models.") and getattr(mod, _SDPA, None) is _original:
+            setattr(mod, _SDPA, scaled_dot_product_attention)
 
 
 def install(module: nn.Module) -> int:

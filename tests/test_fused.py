@@ -73,7 +73,7 @@ def _queries(b: int, h: int, n: int, d: int, dtype: mx.Dtype, seed: int) -> mx.a
 
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("ratio", [1, 3, 4, 8])
-@pytest.mark.parametrize("lk", [1, 2, 17, 300, 1000, 4097])
+@pytest.mark.parametrize("lk", [1, 2, 17, 300, 1000, pytest.param(4097, marks=pytest.mark.slow)])
 def test_attention_one_query_over_the_cache(ext, d, ratio, lk):
     hkv = 2 if ratio == 8 else 3
     q = _queries(1, hkv * ratio, 1, d, mx.float32, 1)
@@ -86,7 +86,15 @@ def test_attention_one_query_over_the_cache(ext, d, ratio, lk):
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16])
 @pytest.mark.parametrize(
     "lq, lk, d, ratio",
-    [(3, 3, 64, 3), (8, 40, 128, 4), (9, 9, 64, 1), (70, 70, 64, 3), (130, 130, 128, 8), (100, 357, 64, 3), (200, 4097, 64, 3)],
+    [
+        (3, 3, 64, 3),
+        (8, 40, 128, 4),
+        (9, 9, 64, 1),
+        (70, 70, 64, 3),
+        (100, 357, 64, 3),
+        pytest.param(130, 130, 128, 8, marks=pytest.mark.slow),
+        pytest.param(200, 4097, 64, 3, marks=pytest.mark.slow),
+    ],
 )
 def test_attention_causal_prefill_and_continuation(ext, dtype, lq, lk, d, ratio):
     """The tiled kernel, "causal" as mlx-lm passes it: the queries are the last lq of lk positions."""
@@ -99,13 +107,12 @@ def test_attention_causal_prefill_and_continuation(ext, dtype, lq, lk, d, ratio)
 
 @pytest.mark.parametrize("lq", [1, 5, 40])
 def test_attention_array_masks(ext, lq):
-    """Bool masks (sliding windows from create_causal_mask) and additive masks, broadcast over batch and heads."""
-    from mlx_lm.models.base import create_causal_mask
-
+    """Bool masks (sliding windows, as mlx-lm's create_causal_mask makes them) and additive masks, broadcast."""
     lk = 90
     q = _queries(2, 8, lq, 64, mx.float32, 7)
     k, v = _cache_like(2, 4, lk, 64, mx.float32, 8), _cache_like(2, 4, lk, 64, mx.float32, 9)
-    window = create_causal_mask(lq, offset=lk - lq, window_size=24)
+    rows, cols = mx.arange(lk - lq, lk)[:, None], mx.arange(lk)[None]
+    window = (rows >= cols) & (rows < cols + 24)
     additive = mx.random.normal((2, 1, lq, lk), key=mx.random.key(10))
     for mask in (window, additive):
         y = _cpu_fused.scaled_dot_product_attention(q, k, v, cache=None, scale=0.125, mask=mask)
@@ -195,6 +202,7 @@ def _log_probs(model: mlx_local.Model, ids: list[int]) -> np.ndarray:
     return np.concatenate(out)
 
 
+@pytest.mark.slow
 def test_smollm2_fused_gives_the_pure_mlx_tokens_and_logits(ext, smollm2):
     assert any(type(m).__name__.startswith("CPU") and "RMSNorm" in type(m).__name__ for _, m in smollm2.module.named_modules())
     prompt = "Name three colours."

@@ -91,21 +91,39 @@ mx::array rms_norm(const mx::array& x, const mx::array& w, float eps) {
     fail("rms_norm", "weight must be a float array of shape (" + std::to_string(D) + ",), got " + shape_str(w));
   auto st = cpu_stream();
   const auto out_dtype = mx::promote_types(x.dtype(), w.dtype());
-  auto x2 = mx::reshape(f32(x, st), {-1, D}, st);
-  auto y = mx::array(x2.shape(), mx::float32, std::make_shared<RMSNormOp>(st, eps), {x2, f32(w, st)});
-  y = mx::reshape(y, x.shape(), st);
+  // no reshapes around it: each would be one more node for MLX to schedule
+  auto y = mx::array(x.shape(), mx::float32, std::make_shared<RMSNormOp>(st, eps), {f32(x, st), f32(w, st)});
   return out_dtype == mx::float32 ? y : mx::astype(y, out_dtype, st);
 }
 
 void RMSNormOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   start(out, stream(), inputs);
-  View x = view(inputs[0]), w = view(inputs[1]);
+  const auto& x = inputs[0];
+  const int D = x.shape(-1);
+  const int rows = D > 0 ? (int)(x.size() / D) : 0;
+  // rows of D floats one stride apart (the usual case), else the elements in order
+  std::vector<int> shape(x.shape().begin(), x.shape().end());
+  std::vector<int64_t> strides(x.strides().begin(), x.strides().end());
+  const bool rowwise = x.flags().row_contiguous;
+  View w = view(inputs[1]);
   auto& enc = mx::cpu::get_command_encoder(stream());
-  enc.dispatch([x, w, y = out.data<float>(), eps = eps_]() mutable {
+  enc.dispatch([xp = x.data<float>(), shape, strides, rowwise, rows, D, w, y = out.data<float>(), eps = eps_]() mutable {
     std::vector<float> bx, bw;
-    pack_last(x, bx);
     pack_last(w, bw);
-    fk::rms_norm(x.p, x.st[2], w.p, y, x.sh[2], x.sh[3], eps);
+    const float* xs = xp;
+    if (!rowwise) {
+      bx.resize((size_t)rows * D);
+      const int nd = (int)shape.size();
+      std::vector<int> idx(nd, 0);
+      for (size_t i = 0; i < bx.size(); ++i) {
+        int64_t off = 0;
+        for (int a = 0; a < nd; ++a) off += idx[a] * strides[a];
+        bx[i] = xp[off];
+        for (int a = nd - 1; a >= 0 && ++idx[a] == shape[a]; --a) idx[a] = 0;
+      }
+      xs = bx.data();
+    }
+    fk::rms_norm(xs, D, w.p, y, rows, D, eps);
   });
 }
 
@@ -208,13 +226,21 @@ mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float
     }
     in.push_back(m);
   }
-  auto y = mx::array(mx::Shape{B, Lq, Hq, D}, mx::float32, std::make_shared<SdpaOp>(st, scale, kind), in);
-  y = mx::transpose(y, {0, 2, 1, 3}, st);
+  auto y = mx::array(q.shape(), mx::float32, std::make_shared<SdpaOp>(st, scale, kind), in);
   return q.dtype() == mx::float32 ? y : mx::astype(y, q.dtype(), st);
 }
 
 void SdpaOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  start(out, stream(), inputs);
+  // [B, Hq, Lq, D] with the memory of [B, Lq, Hq, D] (what the kernel writes)
+  const int64_t Hq = out.shape(1), Lq = out.shape(2), D = out.shape(3);
+  mx::array::Flags flags;
+  flags.contiguous = true;
+  flags.row_contiguous = Hq == 1 || Lq == 1;
+  flags.col_contiguous = out.size() <= 1;
+  out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), mx::Strides{Lq * Hq * D, D, Hq * D, 1}, flags);
+  auto& enc0 = mx::cpu::get_command_encoder(stream());
+  for (auto& a : inputs) enc0.set_input_array(a);
+  enc0.set_output_array(out);
   View q = view(inputs[0]), k = view(inputs[1]), v = view(inputs[2]);
   const uint8_t* mb = nullptr;
   const float* mf = nullptr;

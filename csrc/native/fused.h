@@ -74,11 +74,9 @@ class SdpaOp : public mx::UnaryPrimitive {
     auto& o = static_cast<const SdpaOp&>(other);
     return scale_ == o.scale_ && mask_ == o.mask_;
   }
-  // [B, Lq, Hq, D]: the op returns its transpose, so that mlx-lm's
-  // transpose back to [B, L, H*D] needs no copy
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {mx::Shape{in[0].shape(0), in[0].shape(2), in[0].shape(1), in[0].shape(3)}};
-  }
+  // [B, Hq, Lq, D], laid out as [B, Lq, Hq, D] (strides set in eval_cpu), so
+  // that mlx-lm's transpose back to [B, L, H*D] needs no copy
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override { return {in[0].shape()}; }
 
  private:
   float scale_;

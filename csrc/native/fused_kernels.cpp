@@ -22,7 +22,7 @@ struct Buf {
   float* p;
   size_t n;
 };
-thread_local Buf tb_q = {nullptr, 0}, tb_o = {nullptr, 0}, tb_kt = {nullptr, 0}, tb_s = {nullptr, 0},
+thread_local Buf tb_q = {nullptr, 0}, tb_o = {nullptr, 0}, tb_s = {nullptr, 0},
                  tb_ml = {nullptr, 0};
 
 // a per-thread scratch buffer of at least n floats (kept for the next call)
@@ -199,7 +199,27 @@ struct AttnCtx {
   float* part;    // decode: [unit][row][m, l, o(D)]
   int bp;         // tiled: query positions per block
   int nqb;        // tiled: query blocks per (batch, key head)
+  int nkb;        // tiled: key blocks per (batch, key head)
+  float* kt;      // tiled: [B * Hkv][nkb][D][BK] the keys transposed by blocks, zero padded
 };
+
+// transpose the key blocks once for every query block (tiled path)
+void kt_body(const void* p, int lo, int hi) {
+  const AttnCtx& c = *static_cast<const AttnCtx*>(p);
+  const SdpaArgs& a = *c.a;
+  const int D = a.D;
+  for (int u = lo; u < hi; ++u) {
+    const int kb = (u % c.nkb) * BK, g = (u / c.nkb) % a.Hkv, b = u / (c.nkb * a.Hkv);
+    float* Kt = c.kt + (int64_t)u * D * BK;
+    const int bn = imin(BK, a.Lk - kb);
+    for (int j = 0; j < bn; ++j) {
+      const float* kj = a.k + b * a.ks[0] + g * a.ks[1] + (int64_t)(kb + j) * a.ks[2];
+      for (int d = 0; d < D; ++d) Kt[d * BK + j] = kj[d];
+    }
+    if (bn < BK)
+      for (int d = 0; d < D; ++d) memset(Kt + d * BK + bn, 0, sizeof(float) * (BK - bn));
+  }
+}
 
 inline bool masked(const SdpaArgs& a, int b, int h, int l, int j, float* add) {
   switch (a.mask) {
@@ -301,7 +321,6 @@ void tiled_body(const void* p, int lo, int hi) {
     const int rows = r * np, rows4 = (rows + 3) / 4 * 4;
     float* Q = scratch(tb_q, (size_t)rows4 * D);
     float* O = scratch(tb_o, (size_t)rows4 * D);
-    float* Kt = scratch(tb_kt, (size_t)D * BK);
     float* S = scratch(tb_s, (size_t)rows4 * BK);
     float* M = scratch(tb_ml, (size_t)rows4 * 2);
     float* Lsum = M + rows4;
@@ -322,12 +341,8 @@ void tiled_body(const void* p, int lo, int hi) {
     const int kmax = a.mask == MASK_CAUSAL ? imin(a.Lk, diag + np) : a.Lk;
     for (int kb = 0; kb < kmax; kb += BK) {
       const int bn = imin(BK, kmax - kb);
-      for (int j = 0; j < bn; ++j) {
-        const float* kj = a.k + b * a.ks[0] + g * a.ks[1] + (int64_t)(kb + j) * a.ks[2];
-        for (int d = 0; d < D; ++d) Kt[d * BK + j] = kj[d];
-      }
-      if (bn < BK)
-        for (int d = 0; d < D; ++d) memset(Kt + d * BK + bn, 0, sizeof(float) * (BK - bn));
+      // columns past bn are zero or keys past kmax: masked below either way
+      const float* Kt = c.kt + (((int64_t)b * a.Hkv + g) * c.nkb + kb / BK) * D * BK;
       // S = Q Kt, 4 rows x 16 keys at a time
       for (int r0 = 0; r0 < rows4; r0 += 4) {
         const float* q0 = Q + (int64_t)r0 * D;
@@ -384,7 +399,7 @@ void tiled_body(const void* p, int lo, int hi) {
         }
         const float corr = M[row] == -INFINITY ? 0.f : expf(M[row] - mnew);
         const float sum = exp_row(sr, bn, mnew);
-        for (int j = bn; j < BK; ++j) sr[j] = 0.f;
+        for (int j = bn; j < BK; ++j) sr[j] = 0.f;  // no weight for the columns past bn
         Lsum[row] = Lsum[row] * corr + sum;
         M[row] = mnew;
         if (corr != 1.f) {
@@ -467,7 +482,7 @@ void rope(const RopeArgs& a) {
 
 void sdpa(const SdpaArgs& a) {
   const int r = a.Hq / a.Hkv, nt = num_threads();
-  AttnCtx c{&a, r, 1, a.Lk, nullptr, 1, 1};
+  AttnCtx c{&a, r, 1, a.Lk, nullptr, 1, 1, 1, nullptr};
   if (a.Lq <= 8) {
     // decode: split the keys when there are few (batch, key head) pairs for the threads
     const int base = a.B * a.Hkv;
@@ -513,9 +528,14 @@ void sdpa(const SdpaArgs& a) {
   }
   c.bp = imax(1, (64 + r - 1) / r);
   c.nqb = (a.Lq + c.bp - 1) / c.bp;
-  const int units = a.B * a.Hkv * c.nqb;
+  c.nkb = (a.Lk + BK - 1) / BK;
+  const int kunits = a.B * a.Hkv * c.nkb, units = a.B * a.Hkv * c.nqb;
+  c.kt = static_cast<float*>(malloc(sizeof(float) * (size_t)kunits * a.D * BK));
+  if (nt == 1 || kunits < 4) kt_body(&c, 0, kunits);
+  else parallel_for(kt_body, &c, kunits, imax(1, kunits / (nt * 4)));
   if (nt == 1 || units == 1) tiled_body(&c, 0, units);
   else parallel_for(tiled_body, &c, units, 1);
+  free(c.kt);
 }
 
 }  // namespace fk

@@ -261,20 +261,28 @@ def main() -> None:
     from mlx_local import _cpu_fused, _cpu_kernels
 
     results: dict[str, Any] = {"device": device(), "native": _cpu_kernels.native_status(), "models": {}}
-    for bench in models.prepare(args.models):
+    benches = models.prepare(args.models)
+    for bench in benches:  # the decode floor and speed of each model first, the long prefill last
         print(f"{bench.label}:", flush=True)
         model = mlx_local.Model.load(bench.folder)
         if not _cpu_fused.fused_on():
             sys.exit(f"the fused kernels are not on ({_cpu_kernels.native_status()}): nothing to compare")
         r: dict[str, Any] = {"floor": [floor(model, c, args.rounds, lambda s: print(s, flush=True)) for c in args.contexts]}
         r["decode_tps"] = decode_tps(model, args.tokens, args.decode_rounds, lambda s: print(s, flush=True))
-        if args.prefill and bench.name.startswith("smollm2"):
-            r["attention_alone"] = attention_alone(args.prefill, model, lambda s: print(s, flush=True))
-            r["prefill"] = prefill(args.prefill, model, args.prefill_rounds, lambda s: print(s, flush=True))
         results["models"][bench.name] = r
         del model
         gc.collect()
         path = write("floor", results)
+    for bench in benches:
+        if args.prefill and bench.name.startswith("smollm2"):
+            print(f"{bench.label}:", flush=True)
+            model = mlx_local.Model.load(bench.folder)
+            r = results["models"][bench.name]
+            r["attention_alone"] = attention_alone(args.prefill, model, lambda s: print(s, flush=True))
+            r["prefill"] = prefill(args.prefill, model, args.prefill_rounds, lambda s: print(s, flush=True))
+            del model
+            gc.collect()
+            path = write("floor", results)
     print(f"wrote {path}")
 
 

@@ -228,3 +228,25 @@ def test_native_off_turns_the_fused_kernels_off(ext):
     finally:
         _cpu_kernels.set_native_mode(previous)
     assert _cpu_fused.fused_on() == (previous != "off")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_tiny_models_agree_with_and_without_the_fused_kernels(ext, arch, tmp_path):
+    """Every architecture's norms, RoPE and attention (gemma3: sliding-window bool masks) through the fused path."""
+    from tiny_models import write_tiny_model
+
+    model = mlx_local.Model.load(write_tiny_model(tmp_path / arch, arch))
+    kinds = {type(m).__name__ for _, m in model.module.named_modules()}
+    assert {"CPURMSNorm", "CPURoPE"} <= kinds, kinds
+    code = sys.modules[type(model.module).__module__]
+    assert code.scaled_dot_product_attention is _cpu_fused.scaled_dot_product_attention
+    ids = [(i * 37) % 1000 + 10 for i in range(24)]  # longer than gemma3's window of 8
+    previous = _cpu_fused.set_fused(True)
+    try:
+        fused = _log_probs(model, ids)
+        _cpu_fused.set_fused(False)
+        pure = _log_probs(model, ids)
+    finally:
+        _cpu_fused.set_fused(previous)
+    assert np.abs(fused - pure).max() < 1e-4

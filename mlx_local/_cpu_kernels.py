@@ -223,4 +223,7 @@ def optimize_for_cpu(module: nn.Module) -> int:
         elif type(m) is nn.QuantizedEmbedding:
             m.__class__ = CPUQuantizedEmbedding
             swapped += 1
+    from ._cpu_fused import install  # fused RMSNorm, RoPE and attention (issue 14's floor)
+
+    install(module)
     return swapped

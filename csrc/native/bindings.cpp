@@ -1,11 +1,13 @@
 // The nanobind module mlx_local._native_ext (loaded by mlx_local/_native.py only
 // after checking that it was built for the running mlx and nanobind ABI).
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
 #include <string>
 
 #include "mlx/version.h"
+#include "fused.h"
 #include "pool.h"
 #include "qmatmul.h"
 
@@ -22,6 +24,11 @@ NB_MODULE(_native_ext, m) {
   m.def("num_threads", &mlxl::num_threads, "Threads the kernels use.");
   m.def("pool_size", &mlxl::pool_size, "Threads in the pool (MLX_LOCAL_NATIVE_THREADS or physical cores).");
   m.def("set_num_threads", &mlxl::set_num_threads, "n"_a, "Use n threads (1 .. pool_size()).");
+  m.def("rms_norm", &mlxl::rms_norm, "x"_a, "weight"_a, "eps"_a, "As mx.fast.rms_norm, one fused op (CPU).");
+  m.def("rope", &mlxl::rope, "x"_a, "dims"_a, "traditional"_a, "base"_a.none(), "scale"_a, "offset"_a,
+        "freqs"_a.none() = nb::none(), "As mx.fast.rope with an integer offset, one fused op (CPU).");
+  m.def("sdpa", &mlxl::sdpa, "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a = false, "mask"_a.none() = nb::none(),
+        "As mx.fast.scaled_dot_product_attention, tiled, one fused op (CPU).");
   // the mlx headers this module was compiled against (the loader also checks the build record)
   m.attr("BUILT_FOR_MLX") = std::to_string(MLX_VERSION_MAJOR) + "." + std::to_string(MLX_VERSION_MINOR) + "." +
                             std::to_string(MLX_VERSION_PATCH);

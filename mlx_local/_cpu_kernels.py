@@ -68,7 +68,7 @@ import mlx.nn as nn
 from . import _native
 from .errors import InvalidOptionError
 
-__all__ = ["optimize_for_cpu", "native_status", "set_native_mode", "native_row_limit", "PREFILL_ROWS", "SPLIT_ROWS"]
+__all__ = ["optimize_for_cpu", "native_status", "set_native_mode", "native_row_limit", "native_mode", "PREFILL_ROWS", "SPLIT_ROWS"]
 
 #: Without the native kernels: with at least this many input rows, dequantize and use BLAS.
 PREFILL_ROWS = 2
@@ -107,6 +107,11 @@ def set_native_mode(mode: str) -> str:
 
 def _native_on() -> bool:
     return _mode != "off" and _native.load().module is not None
+
+
+def native_mode() -> str:
+    """The mode the native kernels run in: ``"exact"``, ``"int8"``, or ``"off"`` (also when they are not loaded)."""
+    return _mode if _native_on() else "off"
 
 
 def native_status() -> str:

@@ -180,6 +180,7 @@ class _Dequant:
     held: tuple[int, ...]  # per layer, held through a chunk of one token
     peak: int  # one layer's MLP at its peak
     with_scores: bool  # that peak comes on top of the attention scores (not after them)
+    native_rows: int = 0  # chunks of at most this many tokens go to the native kernels: nothing is dequantized
 
     def held_for(self, chunk: int, vector_bytes: int) -> int:
         """Bytes held through a chunk of ``chunk`` tokens whose hidden vectors are ``vector_bytes`` each."""
@@ -192,11 +193,13 @@ def _dequant_work(config: dict[str, Any], weights: Iterable[Weight], dtype_bytes
     """The dequantizing cost of ``weights`` (quantized to ``bits`` if given), from each layer's MLP."""
     weights = list(weights)
     layers: dict[int, list[tuple[int, int]]] = {}
+    widths: set[tuple[int, int]] = set()  # (bits, input width) of the MLP's matrices
     for w in weights:
         b = bits if bits is not None and (w.bits is not None or quantizable(w, group_size)) else w.bits
         m = _MLP.search(w.name)
         if b and m and len(w.shape) == 2:
             layers.setdefault(int(m.group(1)), []).append((b, w.numel))
+            widths.add((b, w.shape[-1]))
     if not layers and not any(_LAYER.search(w.name) for w in weights):
         # The catalog's summary: every layer's MLP at the model's bits, its size from the config or the body's.
         b = bits or next((w.bits for w in weights if w.bits), None)
@@ -211,12 +214,34 @@ def _dequant_work(config: dict[str, Any], weights: Iterable[Weight], dtype_bytes
         inter = cfg.get("intermediate_size")
         mlp = 3 * hidden * int(inter) if inter else max(0, body // n - attention)
         layers = {i: [(b, mlp)] for i in range(n)}
+        widths = {(b, hidden), (b, int(inter or hidden))}
     if not layers:
         return None
     held = tuple(int(sum(_DEQUANT_HELD.get(b, 0) * size for b, size in mlp) * dtype_bytes) for mlp in layers.values())
     peak = max(sum(_DEQUANT_PEAK.get(b, 2) * size for b, size in mlp) for mlp in layers.values())
     with_scores = any(b not in _DEQUANT_HELD for mlp in layers.values() for b, _ in mlp)
-    return _Dequant(held, int(peak * dtype_bytes), with_scores)
+    return _Dequant(held, int(peak * dtype_bytes), with_scores, _native_rows(widths))
+
+
+def _fused_attention(head_dim: int) -> bool:
+    """Whether the CPU's attention runs tiled (mlx_local's fused kernels, :mod:`mlx_local._cpu_fused`)."""
+    from . import _cpu_fused
+
+    return head_dim % 16 == 0 and _cpu_fused.fused_on()
+
+
+def _native_rows(widths: set[tuple[int, int]]) -> int:
+    """Up to how many rows every one of these (bits, input width) layers runs on the native kernels (0: none do)."""
+    from . import _cpu_kernels as ck
+
+    mode = ck.native_mode() if widths else "off"
+    if mode == "off":
+        return 0
+    from ._native import supports
+
+    if not all(supports(b, 64, k) for b, k in widths):
+        return 0
+    return min(ck.native_row_limit(k, b, mode) for b, k in widths)
 
 
 def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized: bool, on_gpu: bool,
@@ -227,10 +252,13 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     in chunks of 2048 tokens, evaluating only the caches (no logits), then
     tokens are sampled one at a time. In a prefill chunk of L tokens over S
     keys, the CPU materialises the attention scores (heads x L x S floats,
-    plus a boolean mask) one layer at a time, next to about 17 (float) or 8
+    plus a boolean mask) one layer at a time (not with the fused kernels,
+    whose attention is tiled), next to about 17 (float) or 8
     (quantized) hidden-size activations per token; a quantized model's layers
     are dequantized for the chunk (``cpu_kernels``): ``dequant`` says what that
-    holds and what one layer's MLP adds at its peak (see ``_DEQUANT_PEAK``).
+    holds and what one layer's MLP adds at its peak (see ``_DEQUANT_PEAK``),
+    unless the chunk is short enough for the native kernels, which allocate
+    only their output.
     While sampling, a few vocabulary-sized vectors. On a GPU (measured on
     neither Metal nor CUDA here) attention is fused and quantized matmuls run
     directly, so only the activations and sampling terms are counted.
@@ -251,6 +279,7 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
     rows = _ACTIVATIONS_QUANTIZED if quantized else _ACTIVATIONS_FLOAT
     if on_gpu:
         dequant = None
+    fused = not on_gpu and _fused_attention(head_dim)
     peak = _DECODE_VOCAB * vocab * 4 + final_kv
     done, prompt = 0, max(context - 1, 1)
     while done < prompt:
@@ -264,10 +293,15 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
             elif kind == "sliding":
                 kv += per_token * sliding_span
         keys = seen if "full" in attending or not window else sliding_span
-        scores = 0 if on_gpu else heads * chunk * keys * 4 + chunk * keys + 2 * chunk * heads * head_dim * 4
+        if on_gpu:
+            scores = 0
+        elif fused:  # tiled attention: blocks of scores, never the whole matrix
+            scores = 2 * chunk * heads * head_dim * 4
+        else:
+            scores = heads * chunk * keys * 4 + chunk * keys + 2 * chunk * heads * head_dim * 4
         activations = rows * chunk * hidden * dtype_bytes
         work = scores
-        if dequant is not None and chunk >= 2:
+        if dequant is not None and chunk >= 2 and chunk > dequant.native_rows:
             held = dequant.held_for(chunk, hidden * dtype_bytes)
             work = held + (scores + dequant.peak if dequant.with_scores else max(scores, dequant.peak))
         peak = max(peak, kv + activations + work)

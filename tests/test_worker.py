@@ -63,7 +63,7 @@ def test_a_growing_conversation_reuses_the_prompt_cache(smollm2: mlx_local.Model
     assert stats.cached_tokens < stats.prompt_tokens
 
 
-def test_the_worker_serves_threads_in_order_with_the_answers_of_one_at_a_time(smollm2: mlx_local.Model):
+def test_the_worker_serves_threads_with_the_answers_of_one_at_a_time(smollm2: mlx_local.Model):
     prompts = ["Name a colour.", "Name a fruit.", "Name a planet."]
     alone = [_text(smollm2.execute(smollm2.prepare([{"role": "user", "content": p}], max_tokens=6, temperature=0.0,
                                                    reuse_cache=False))) for p in prompts]  # fmt: skip
@@ -82,8 +82,7 @@ def test_the_worker_serves_threads_in_order_with_the_answers_of_one_at_a_time(sm
         for t in threads:
             t.join(60)
         assert [results[i] for i in range(len(prompts))] == alone
-        firsts = [h.first_chunk for h in handles]
-        assert all(f is not None for f in firsts) and firsts == sorted(firsts)  # type: ignore[type-var]
+        assert all(h.first_chunk is not None and h.first_chunk >= h.submitted for h in handles)
         assert worker.pending == 0 and worker.idle_seconds >= 0.0
     finally:
         worker.close()

@@ -185,7 +185,9 @@ def group() -> Any:
     if not mx.distributed.is_available():
         raise InvalidOptionError(f"This MLX has no distributed backend. {LAUNCH_HINT}", option="distributed")
     rank = int(os.environ.get("MLX_RANK", "0") or 0)
-    with watchdog("joining the group", rank):
+    hostfile = os.environ.get("MLX_HOSTFILE")
+    where = f" (hostfile {hostfile}: is every address in it right and reachable?)" if hostfile else ""
+    with watchdog(f"joining the group{where}", rank):
         g = mx.distributed.init()
     if g.size() < 2:
         raise InvalidOptionError(

@@ -25,6 +25,7 @@ import mlx_local
 from mlx_local import _distributed as dist
 from mlx_local import _sources as sources
 from mlx_local.errors import InvalidOptionError
+
 from tiny_models import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ SAME_SCRIPT = """
         r["sampled"] = m.generate("Hello", max_tokens=6, temperature=1.0, stop_loops=False).text
         r["choice"] = m.generate("Pick a colour", choices=["red", "green", "blue"]).text
         chat = m.chat()
-        r["chat"] = [chat.send("Hi", max_tokens=4).text, chat.send("And then?", max_tokens=4).text]
+        r["chat"] = [chat.send("Hi", max_tokens=4).content, chat.send("And then?", max_tokens=4).content]
         out[key] = r
     if m.distributed.rank == 0:
         with _distributed.lead(m):
@@ -189,7 +190,7 @@ SAME_SCRIPT = """
             next(s)
             s.close()
             out["led_choice"] = m.generate("Yes or no?", choices=["yes", "no"]).text
-            out["led_chat"] = m.chat().send("Hi", max_tokens=4).text
+            out["led_chat"] = m.chat().send("Hi", max_tokens=4).content
     else:
         out["followed"] = _distributed.follow(m)
     print("RESULT", m.distributed.rank, json.dumps(out), flush=True)
@@ -199,13 +200,12 @@ SAME_SCRIPT = """
 @pytest.mark.slow
 def test_tensor_parallel_same_script_and_follower(tiny: dict[str, Path], tiny_4bit: Path) -> None:
     tiny = {**tiny, "qwen3_4bit": tiny_4bit}
-    rc, out, _ = launch(tiny["qwen3"].parent, SAME_SCRIPT, str(tiny["qwen3"]), str(tiny_4bit))
-    assert rc == 0, out[-3000:]
+    _, out, _ = launch(tiny["qwen3"].parent, SAME_SCRIPT, str(tiny["qwen3"]), str(tiny_4bit))
     ranks = results(out)
     assert set(ranks) == {0, 1}, out[-3000:]
     r0, r1 = ranks[0], ranks[1]
     for key in ("qwen3", "qwen3_4bit"):
-        assert f"rank 0 of 2, tensor parallel" in r0[key]["repr"] and "rank 1 of 2" in r1[key]["repr"]
+        assert "rank 0 of 2, tensor parallel" in r0[key]["repr"] and "rank 1 of 2" in r1[key]["repr"]
         for field in ("greedy", "sampled", "choice", "chat"):
             assert r0[key][field] == r1[key][field], (key, field)
         one = mlx_local.Model.load(tiny[key])
@@ -246,10 +246,10 @@ ERRORS_SCRIPT = """
 @pytest.mark.slow
 def test_pipeline_parallel_and_clear_errors(tiny: dict[str, Path]) -> None:
     paths = json.dumps({k: str(v) for k, v in tiny.items()})
-    rc, out, _ = launch(tiny["qwen3"].parent, ERRORS_SCRIPT, paths)
-    assert rc == 0, out[-3000:]
+    _, out, _ = launch(tiny["qwen3"].parent, ERRORS_SCRIPT, paths)
     ranks = results(out)
-    for rank, r in ranks.items():
+    assert set(ranks) == {0, 1}, out[-3000:]
+    for r in ranks.values():
         assert r["no_shard"][0] == "UnsupportedArchitectureError" and "'gemma3_text'" in r["no_shard"][1]
         assert r["no_pipeline"][0] == "UnsupportedArchitectureError" and "no pipeline()" in r["no_pipeline"][1]
         assert "distributed='tensor'" in r["no_pipeline"][1]
@@ -291,7 +291,7 @@ FAULT_SCRIPT = """
 def test_a_rank_that_dies_or_hangs_ends_the_others(tiny: dict[str, Path], how: str) -> None:
     rc, out, took = launch(tiny["qwen3"].parent, FAULT_SCRIPT, str(tiny["qwen3"]), how, timeout=200,
                            MLX_LOCAL_DIST_TIMEOUT="6")  # fmt: skip
-    assert rc != 0, out[-3000:]
+    # (mlx.launch exits 0 whatever its ranks did: the output tells)
     if how == "exit":  # rank 1 left quietly: rank 0 sees the lost connection
         assert results(out)[0][0] == "DistributedError" and "lost its connection" in results(out)[0][1]
     elif how == "kill":  # the launcher notices too, and may end rank 0 first
@@ -322,8 +322,7 @@ def test_mlx_local_launch_runs_a_bare_script(tmp_path: Path) -> None:
         "print('RESULT', g.rank(), mx.distributed.all_sum(mx.array(g.rank() + 1)).item(), flush=True)\n"
     )
     cmd = [sys.executable, "-m", "mlx_local", "launch", "-n", "2", "--port", str(_ports(2)), "--", "hello.py"]
-    rc, out, _ = _run(cmd, tmp_path, 120, _env())
-    assert rc == 0, out
+    _, out, _ = _run(cmd, tmp_path, 120, _env())
     assert results(out) == {0: 3, 1: 3}
 
 
@@ -338,8 +337,7 @@ def test_smollm2_float_on_three_ranks_matches_one_process(smollm2_gguf: Path, tm
         ids = list(m.generate("What is the capital of France?", max_tokens=3).token_ids)
         print("RESULT", m.distributed.rank, json.dumps(ids), flush=True)
     """
-    rc, out, _ = launch(tmp_path, script, str(smollm2_gguf), n=3, timeout=400)
-    assert rc == 0, out[-3000:]
+    _, out, _ = launch(tmp_path, script, str(smollm2_gguf), n=3, timeout=400)
     one = mlx_local.Model.load(smollm2_gguf, gguf_weights="float")
     expected = list(one.generate("What is the capital of France?", max_tokens=3).token_ids)
     assert results(out) == {0: expected, 1: expected, 2: expected}

@@ -139,16 +139,52 @@ class _Watchdog:
                 if left > 0:
                     self._lock.wait(left)
                     continue
-                sys.stderr.write(
-                    f"mlx_local: rank {self._rank} waited {self._limit:.0f} s for the other ranks while {self._what}; "
-                    "a rank hangs, never started or lost its network. Ending this process "
-                    "(MLX_LOCAL_DIST_TIMEOUT sets the limit).\n"
-                )
+                sys.stderr.write(_message(self._what, self._rank, self._limit))
                 sys.stderr.flush()
                 os._exit(WATCHDOG_EXIT)
 
 
 _watchdog = _Watchdog()
+
+
+def _message(what: str, rank: int, limit: float) -> str:
+    return (
+        f"mlx_local: rank {rank} waited {limit:.0f} s for the other ranks while {what}; "
+        "a rank hangs, never started or lost its network. Ending this process "
+        "(MLX_LOCAL_DIST_TIMEOUT sets the limit).\n"
+    )
+
+
+_GUARD = """
+import os, sys, time
+parent, limit, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end = time.monotonic() + limit
+while time.monotonic() < end:
+    time.sleep(0.2)
+    if os.getppid() != parent:
+        sys.exit(0)
+sys.stderr.write(message)
+sys.stderr.flush()
+os.kill(parent, 9)
+"""
+
+
+@contextmanager
+def outside_watchdog(what: str, rank: int) -> Iterator[None]:
+    """The watchdog as a small process of its own, for calls that hold the GIL (``mx.distributed.init``)."""
+    import subprocess
+
+    limit = timeout()
+    if limit <= 0:
+        yield
+        return
+    guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(limit), _message(what, rank, limit)],
+                             stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        yield
+    finally:
+        guard.kill()
+        guard.wait()
 
 
 @contextmanager
@@ -187,7 +223,7 @@ def group() -> Any:
     rank = int(os.environ.get("MLX_RANK", "0") or 0)
     hostfile = os.environ.get("MLX_HOSTFILE")
     where = f" (hostfile {hostfile}: is every address in it right and reachable?)" if hostfile else ""
-    with watchdog(f"joining the group{where}", rank):
+    with outside_watchdog(f"joining the group{where}", rank):  # init holds the GIL while it waits
         g = mx.distributed.init()
     if g.size() < 2:
         raise InvalidOptionError(
@@ -234,15 +270,23 @@ def crc(*parts: Any) -> int:
 # ----------------------------------------------------------------- loading
 
 
-def folder_hash(folder: Path) -> int:
-    """Hash of config.json and each weight file's name, size and safetensors header."""
+def folder_hash(folder: Path, samples: int = 16, block: int = 4096) -> int:
+    """Hash of config.json and of each weight file: name, size, safetensors header and ``samples`` blocks of data.
+
+    Reading a few blocks at fixed places (not the whole files: a 70B model is
+    40 GB) tells apart two checkpoints of the same shapes.
+    """
     h = hashlib.sha256((folder / "config.json").read_bytes())
     for f in sorted(folder.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}:".encode())
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
-            header = fh.read(min(n, 100_000_000))
-        h.update(f"{f.name}:{f.stat().st_size}:".encode())
-        h.update(header)
+            h.update(fh.read(min(n, 100_000_000)))
+            start = 8 + n
+            for i in range(samples):
+                fh.seek(start + (size - start - block) * i // max(1, samples - 1) if size - start > block else start)
+                h.update(fh.read(block))
     return int.from_bytes(h.digest()[:7], "big")
 
 

@@ -20,8 +20,9 @@ Two ways to drive the ranks:
       else:
           follow(model)
 
-Either way one generation runs at a time, and a stream abandoned early
-still runs to its end (its remaining text is discarded) so that the ranks'
+Either way one generation runs at a time (a server calls the model from one
+thread at a time; a second generation while one runs raises
+``InvalidOptionError``), and a stream abandoned early still runs to its end (its remaining text is discarded) so that the ranks'
 collectives pair up.
 """
 

@@ -112,7 +112,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_4bit(tiny: dict[str, Path]) -> Path:
     dest = tiny["qwen3"].parent / "qwen3-4bit"
-    return Path(mlx_local.convert(tiny["qwen3"], dest, bits=4, group_size=64, quality=False).dest)
+    return Path(mlx_local.convert(tiny["qwen3"], dest, bits=4, group_size=32, quality=False).dest)
 
 
 # ------------------------------------------------------------- no processes
@@ -171,10 +171,13 @@ SAME_SCRIPT = """
     from mlx_local import _distributed
 
     out = {}
-    for key in ("qwen3", "qwen3_4bit"):
+    for key in ("qwen3_4bit", "qwen3"):
         m = mlx_local.Model.load(sys.argv[1 if key == "qwen3" else 2], distributed="tensor")
         r = {"repr": repr(m), "cpu_layers": sum(type(x).__name__.startswith("CPUQuantized") for _, x in m.module.named_modules())}
         r["greedy"] = list(m.generate("Tell me a story", max_tokens=8, stop_loops=False).token_ids)
+        if key == "qwen3_4bit":
+            out[key] = r
+            continue
         s = m.stream("Tell me a story", max_tokens=8, stop_loops=False)
         next(s)
         s.close()  # abandoned: the ranks still run it to the end together
@@ -200,17 +203,16 @@ SAME_SCRIPT = """
 @pytest.mark.slow
 def test_tensor_parallel_same_script_and_follower(tiny: dict[str, Path], tiny_4bit: Path) -> None:
     tiny = {**tiny, "qwen3_4bit": tiny_4bit}
-    _, out, _ = launch(tiny["qwen3"].parent, SAME_SCRIPT, str(tiny["qwen3"]), str(tiny_4bit))
+    _, out, _ = launch(tiny["qwen3"].parent, SAME_SCRIPT, str(tiny["qwen3"]), str(tiny_4bit), timeout=600)
     ranks = results(out)
     assert set(ranks) == {0, 1}, out[-3000:]
     r0, r1 = ranks[0], ranks[1]
-    for key in ("qwen3", "qwen3_4bit"):
+    for key in ("qwen3_4bit", "qwen3"):
         assert "rank 0 of 2, tensor parallel" in r0[key]["repr"] and "rank 1 of 2" in r1[key]["repr"]
-        for field in ("greedy", "sampled", "choice", "chat"):
-            assert r0[key][field] == r1[key][field], (key, field)
+        assert r0[key] == {**r1[key], "repr": r0[key]["repr"]}  # greedy, sampled, structured, chat: the same
         one = mlx_local.Model.load(tiny[key])
         assert r0[key]["greedy"] == list(one.generate("Tell me a story", max_tokens=8, stop_loops=False).token_ids)
-        assert r0[key]["choice"] == one.generate("Pick a colour", choices=["red", "green", "blue"]).text
+    assert r0["qwen3"]["choice"] == one.generate("Pick a colour", choices=["red", "green", "blue"]).text
     # every sharded 4-bit projection runs the CPU matmul: 7 per layer, 2 layers (+ the embedding)
     assert r0["qwen3"]["cpu_layers"] == 0 and r0["qwen3_4bit"]["cpu_layers"] >= 14
     assert r1["followed"] == 5  # two generations, the abandoned stream, the choice, the chat
@@ -295,9 +297,10 @@ def test_a_rank_that_dies_or_hangs_ends_the_others(tiny: dict[str, Path], how: s
     if how == "exit":  # rank 1 left quietly: rank 0 sees the lost connection
         assert results(out)[0][0] == "DistributedError" and "lost its connection" in results(out)[0][1]
     elif how == "kill":  # the launcher notices too, and may end rank 0 first
-        assert "lost its connection" in out or "rank 1 was killed" in out, out[-3000:]
+        assert "lost its connection" in out or "rank 1 exited with code -9" in out, out[-3000:]
+        assert took < 150
     else:  # rank 0's watchdog ends it, then the launcher ends rank 1 (not its 120 s sleep)
-        assert "rank 0 waited 6 s for the other ranks while generating" in out, out[-3000:]
+        assert "rank 0 waited 6 s for the other ranks while starting a generation" in out, out[-3000:]
         assert took < 110
 
 
@@ -311,7 +314,7 @@ def test_a_wrong_hostfile_or_a_rank_that_never_joins_ends_in_bounded_time(tmp_pa
     script.write_text(f"import mlx_local\nmlx_local.Model.load({str(tiny['qwen3'])!r}, distributed='tensor')\n")
     rc, out, took = _run([sys.executable, str(script)], tmp_path, 120,
                          _env(MLX_RANK="0", MLX_HOSTFILE=str(hostfile), MLX_LOCAL_DIST_TIMEOUT="3"))  # fmt: skip
-    assert rc == dist.WATCHDOG_EXIT, out
+    assert rc == -signal.SIGKILL, out  # init holds the GIL: a watchdog process of its own ends it
     assert f"while joining the group (hostfile {hostfile}" in out
 
 

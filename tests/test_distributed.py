@@ -278,7 +278,7 @@ FAULT_SCRIPT = """
             os.kill(os.getpid(), signal.SIGKILL)
         if how == "exit":
             os._exit(0)
-        time.sleep(120)  # "hang": alive, but never generates
+        time.sleep(3600)  # "hang": alive, but never generates
     try:
         m.generate("Hello", max_tokens=4)
         print("RESULT 0 \\"generated\\"", flush=True)
@@ -291,17 +291,15 @@ FAULT_SCRIPT = """
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["exit", "kill", "hang"])
 def test_a_rank_that_dies_or_hangs_ends_the_others(tiny: dict[str, Path], how: str) -> None:
-    rc, out, took = launch(tiny["qwen3"].parent, FAULT_SCRIPT, str(tiny["qwen3"]), how, timeout=200,
+    _, out, _ = launch(tiny["qwen3"].parent, FAULT_SCRIPT, str(tiny["qwen3"]), how, timeout=400,
                            MLX_LOCAL_DIST_TIMEOUT="6")  # fmt: skip
     # (mlx.launch exits 0 whatever its ranks did: the output tells)
     if how == "exit":  # rank 1 left quietly: rank 0 sees the lost connection
         assert results(out)[0][0] == "DistributedError" and "lost its connection" in results(out)[0][1]
     elif how == "kill":  # the launcher notices too, and may end rank 0 first
         assert "lost its connection" in out or "rank 1 exited with code -9" in out, out[-3000:]
-        assert took < 150
-    else:  # rank 0's watchdog ends it, then the launcher ends rank 1 (not its 120 s sleep)
+    else:  # rank 0's watchdog ends it, then the launcher ends rank 1 (within the launch's timeout, not after its hour)
         assert "rank 0 waited 6 s for the other ranks while starting a generation" in out, out[-3000:]
-        assert took < 110
 
 
 @pytest.mark.slow
@@ -312,7 +310,7 @@ def test_a_wrong_hostfile_or_a_rank_that_never_joins_ends_in_bounded_time(tmp_pa
     hostfile.write_text(json.dumps([[f"127.0.0.1:{first}"], [f"192.0.2.1:{first}"]]))
     script = tmp_path / "join.py"
     script.write_text(f"import mlx_local\nmlx_local.Model.load({str(tiny['qwen3'])!r}, distributed='tensor')\n")
-    rc, out, took = _run([sys.executable, str(script)], tmp_path, 120,
+    rc, out, _ = _run([sys.executable, str(script)], tmp_path, 120,
                          _env(MLX_RANK="0", MLX_HOSTFILE=str(hostfile), MLX_LOCAL_DIST_TIMEOUT="3"))  # fmt: skip
     assert rc == -signal.SIGKILL, out  # init holds the GIL: a watchdog process of its own ends it
     assert f"while joining the group (hostfile {hostfile}" in out

@@ -24,6 +24,7 @@ import pytest
 import mlx_local
 from mlx_local import _distributed as dist
 from mlx_local import _sources as sources
+from mlx_local._distributed_memory import estimate_rank
 from mlx_local.errors import InvalidOptionError
 
 from tiny_models import write_tiny_model
@@ -130,7 +131,7 @@ def test_memory_estimate_is_split_like_the_shards(tiny: dict[str, Path]) -> None
     full = mlx_local.estimate_memory(tiny["qwen3"])
 
     def est(mode: str, rank: int, size: int) -> Any:
-        return dist.estimate_rank(located, dist.Placement(mode, rank, size), dtype=None, revision=None, offline=True,
+        return estimate_rank(located, dist.Placement(mode, rank, size), dtype=None, revision=None, offline=True,
                                   gguf_weights="quantized")  # fmt: skip
 
     t0, t1 = est("tensor", 0, 2), est("tensor", 1, 2)

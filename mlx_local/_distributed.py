@@ -21,7 +21,7 @@ rest:
 - at the end the ranks compare a hash of the tokens they generated.
 
 "Rank 0 serves, the others follow" is :func:`lead` / :func:`follow`
-(:mod:`mlx_local._distributed_follow`). Faults: a rank that dies makes the
+(:mod:`mlx_local._lockstep`). Faults: a rank that dies makes the
 ring report a lost connection, turned into :class:`DistributedError`; a rank
 that hangs or never joins is caught by a watchdog (``MLX_LOCAL_DIST_TIMEOUT``
 seconds, default 300; 0 turns it off) that ends the process with a message,

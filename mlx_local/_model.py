@@ -61,6 +61,7 @@ class Model:
         quantized: bool = True,
         force: bool = False,
         progress: Callable[[str, float], None] | bool | None = None,
+        distributed: str | None = None,
     ) -> Model:
         """Load a model.
 
@@ -91,6 +92,10 @@ class Model:
                 on a terminal; False: nothing is shown; a callable
                 ``progress(stage, fraction)`` also hears of a GGUF import
                 (stage ``"import"``).
+            distributed: ``"tensor"`` or ``"pipeline"``: in a process started
+                by ``mlx.launch`` / ``mlx-local launch``, load only this
+                rank's shard (see :mod:`mlx_local._distributed`); None: the
+                whole model here.
 
         Raises:
             ModelNotFoundError: no such path, repo or name (the message lists
@@ -113,6 +118,11 @@ class Model:
             raise InvalidOptionError(
                 f"gguf_weights={gguf_weights!r}: choose one of {', '.join(WEIGHT_MODES)}", option="gguf_weights"
             )
+        if distributed is not None:
+            from . import _distributed
+
+            return _distributed.load(cls, source, distributed, revision=revision, dtype=dtype, offline=offline,
+                                     gguf_weights=gguf_weights, quantized=quantized, force=force, progress=progress)
         rt = runtime.current()
         located = sources.locate(source, quantized=quantized, offline=offline)
         if not force:
@@ -188,7 +198,8 @@ class Model:
             where = f"cpu with {self.runtime.blas.split(' (')[0]}, quantized kernels: {native_status()}"
         return (
             f"Model({self.name!r}, {self.architecture}, {self.parameters / 1e6:.0f}M params, "
-            f"quantization {self.quantization}, computes in {self.dtype} on {where})"
+            f"quantization {self.quantization}, computes in {self.dtype} on {where}"
+            + (f", {placement}" if (placement := getattr(self, "distributed", None)) else "") + ")"
         )
 
     # ------------------------------------------------------------ prompting

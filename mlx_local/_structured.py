@@ -183,6 +183,8 @@ class GrammarProcessor:
             raise InvalidOptionError(f"The constraint cannot be used: {self._matcher.get_error()}", option="schema")
         self._bitmask = lnp.allocate_token_bitmask(1, llt.vocab_size)
         self._think = think
+        #: what rebuilds this processor on another rank (:mod:`mlx_local._lockstep`)
+        self.spec = (grammar, think, thinking_open)
         self._state = "thinking" if thinking_open else ("start" if think else "answer")
         self._on_gpu = on_gpu
         self._calls = 0

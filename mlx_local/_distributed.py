@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ._model import Model
-from .errors import InvalidModelError, InvalidOptionError, MLXLocalError, UnsupportedArchitectureError
+from .errors import DistributedError, InvalidModelError, InvalidOptionError, UnsupportedArchitectureError
 
 __all__ = ["MODES", "DistributedError", "Placement", "load", "lead", "follow", "watchdog", "timeout"]
 
@@ -54,19 +54,6 @@ LAUNCH_HINT = (
     "`mlx.launch -n 2 --backend ring -- python script.py`, or on two Macs "
     "`mlx-local launch --hosts 10.0.0.1,10.0.0.2 -- python script.py`."
 )
-
-
-class DistributedError(MLXLocalError, RuntimeError):
-    """The ranks of a distributed model cannot go on together.
-
-    A rank died or lost its network, the ranks hold different model files,
-    or they were asked to generate different things. ``rank`` is this
-    process's rank.
-    """
-
-    def __init__(self, message: str, *, rank: int) -> None:
-        super().__init__(message)
-        self.rank = rank
 
 
 @dataclass(frozen=True)

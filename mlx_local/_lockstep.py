@@ -36,12 +36,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
-from ._distributed import DistributedError, Placement, crc, gather_ints, peer_errors, settle, watchdog
+from ._distributed import Placement, crc, gather_ints, peer_errors, settle, watchdog
 from ._generation import Chunk, GenerationOptions
 from ._loading import LoadedFolder
 from ._model import Model
 from ._prompt_cache import PromptCache
-from .errors import InvalidOptionError
+from .errors import DistributedError, InvalidOptionError
 
 __all__ = ["DistributedModel", "Request", "lead", "follow"]
 
@@ -280,7 +280,7 @@ def follow(model: Model) -> int:
     """On every rank but 0: run each generation rank 0 starts in :func:`lead`, until it leaves the block.
 
     Returns how many generations were run. Waits as long as rank 0 is
-    idle; if rank 0 dies, raises :class:`~mlx_local._distributed.DistributedError`.
+    idle; if rank 0 dies, raises :class:`~mlx_local.errors.DistributedError`.
     """
     m = _distributed_model(model, "follow()")
     if m.distributed.rank == 0:

@@ -24,9 +24,12 @@ keep working::
     ├── StorageError (OSError)               a file or folder could not be read,
     │                                        written or removed: disk full,
     │                                        permissions (the path is named)
-    └── ChatError (ValueError)               a chat cannot do what was asked:
-                                             undo() with nothing to undo, a file
-                                             that is not a saved chat
+    ├── ChatError (ValueError)               a chat cannot do what was asked:
+    │                                        undo() with nothing to undo, a file
+    │                                        that is not a saved chat
+    └── DistributedError (RuntimeError)      the ranks of a distributed model cannot
+                                             go on together: a rank died, different
+                                             model files, different requests
 
 Every message names the thing at fault (path, repo id, file, architecture or
 option) and says what to do about it.
@@ -43,6 +46,7 @@ __all__ = [
     "InvalidOptionError",
     "OutputError",
     "ChatError",
+    "DistributedError",
     "MLXLocalError",
     "ModelNotFoundError",
     "UnsupportedArchitectureError",
@@ -179,3 +183,18 @@ class ChatError(MLXLocalError, ValueError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class DistributedError(MLXLocalError, RuntimeError):
+    """The ranks of a distributed model cannot go on together.
+
+    A rank died or lost its network, the ranks hold different model files,
+    or they were asked to generate different things.
+
+    Attributes:
+        rank: this process's rank.
+    """
+
+    def __init__(self, message: str, *, rank: int) -> None:
+        super().__init__(message)
+        self.rank = rank

@@ -122,6 +122,7 @@ def load_model(args: argparse.Namespace, out: Output) -> mlx_local.Model:
             offline=args.offline or None,
             quantized=not getattr(args, "original", False),
             force=getattr(args, "force", False),
+            distributed=getattr(args, "distributed", None),
             progress=bar or (out.fetch_note_only() if args.model is None else False),
         )
     out.note(repr(model))

@@ -37,6 +37,8 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="URL",
                    help="let browser pages from this origin call the server (repeatable; default: none)")  # fmt: skip
     p.add_argument("--no-load", action="store_true", help="serve -m only: never load another model a request names")
+    p.add_argument("--distributed", choices=["tensor", "pipeline"],
+                   help="under mlx.launch / mlx-local launch: one model over the ranks; rank 0 serves HTTP")
     p.add_argument("--allow-download", action="store_true", help="requests may name models not on disk (downloaded)")
 
 
@@ -65,6 +67,10 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
                "max_tokens": args.max_tokens, "cors_origins": args.cors_origin, "allow_load": not args.no_load,
                "allow_download": args.allow_download, "source": args.model}  # fmt: skip
     model = load_model(args, out)
+    placement = getattr(model, "distributed", None)
+    if placement is not None and placement.rank != 0:
+        serve(model)  # a follower: runs rank 0's generations until it stops
+        return 0
     out.note(f"serving {model.name} (also as 'default') at http://{args.host}:{args.port}/v1")
     serve(model, host=args.host, port=args.port, api_key=args.api_key, log_level="warning" if args.quiet else "info",
           **options)  # fmt: skip

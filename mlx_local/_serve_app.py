@@ -184,6 +184,10 @@ def create_app(
                                         or max_concurrency < 1):  # fmt: skip
         raise InvalidOptionError(f"max_concurrency={max_concurrency!r}: give a whole number of at least 1.",
                                  option="max_concurrency")  # fmt: skip
+    if getattr(model, "distributed", None) is not None:
+        # One model over the ranks of a launch: its generations run in lockstep, one at a time through
+        # Model.execute (the ranks follow rank 0's calls), and no other model can be loaded on every rank.
+        max_concurrency, allow_load = 1, False
     registry = Registry(model, source=source, keep_alive=parse_keep_alive(keep_alive), allow_load=allow_load,
                         allow_download=allow_download, worker_factory=_worker_factory(max_queue, max_concurrency))  # fmt: skip
 
@@ -420,7 +424,10 @@ def serve(
     """Serve ``model`` over OpenAI's HTTP API until interrupted (Ctrl-C).
 
     Binds 127.0.0.1 by default, so only this machine can connect; any other
-    ``host`` logs a warning (and a louder one without ``api_key``).
+    ``host`` logs a warning (and a louder one without ``api_key``). A model
+    loaded with ``distributed=`` under a launch is served by rank 0, and
+    every other rank's ``serve`` runs rank 0's generations until it stops
+    (one at a time; no other model is loaded on demand).
     ``options`` are :func:`create_app`'s (``max_concurrency``,
     ``keep_alive``, ``cors_origins``, ``max_tokens``, ...).
 
@@ -428,10 +435,22 @@ def serve(
     """
     import uvicorn
 
+    placement = getattr(model, "distributed", None)
+    if placement is not None and placement.rank != 0:  # under a launch: rank 0 serves, this rank follows it
+        from ._lockstep import follow
+
+        follow(model)  # type: ignore[arg-type]
+        return
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise InvalidOptionError(f"port={port!r}: give a port number from 0 to 65535.", option="port")
     if not _is_loopback(host):
         who = "anyone on the network" if api_key else "anyone on the network, without an API key,"
         log.warning("listening on %s: %s can use this server (the default, 127.0.0.1, is this machine only)", host, who)
     app = create_app(model, api_key=api_key, **options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    if placement is None:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+        return
+    from ._lockstep import lead
+
+    with lead(model):  # type: ignore[arg-type]
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -343,3 +343,43 @@ def test_smollm2_float_on_three_ranks_matches_one_process(smollm2_gguf: Path, tm
     one = mlx_local.Model.load(smollm2_gguf, gguf_weights="float")
     expected = list(one.generate("What is the capital of France?", max_tokens=3).token_ids)
     assert results(out) == {0: expected, 1: expected, 2: expected}
+
+
+@pytest.mark.slow
+def test_serve_under_a_launch_answers_from_rank_0_like_one_process(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """`mlx-local serve --distributed tensor` on 2 ranks: rank 0 serves HTTP, rank 1 follows; the answers are one process's."""
+    import httpx
+    from openai import OpenAI
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-c", LAUNCH, "-n", "2", "--backend", "ring", "--starting-port", str(_ports(2)), "--",
+           sys.executable, "-m", "mlx_local", "serve", "--distributed", "tensor", "-m", str(tiny["qwen3"]),
+           "--port", str(port), "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120)
+        one = mlx_local.Model.load(tiny["qwen3"])
+        for prompt in ("Tell me a story", "Hello there"):
+            messages = [{"role": "user", "content": prompt}]
+            got = client.chat.completions.create(model="default", messages=messages, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+            chunks = list(one.execute(one.prepare(messages, max_tokens=8, temperature=0.0, reuse_cache=False)))
+            assert (got.choices[0].message.content or "") == "".join(c.text for c in chunks if c.kind == "content")
+            assert got.usage is not None and got.usage.completion_tokens == chunks[-1].stats.generated_tokens  # type: ignore[union-attr]
+        streamed = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hi"}],
+                                                  max_tokens=6, temperature=0, stream=True)  # fmt: skip
+        assert any(e.choices for e in streamed)  # a stream also runs on both ranks, and the server goes on
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()

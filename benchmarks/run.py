@@ -5,8 +5,9 @@
 
 Writes into benchmarks/results/ (or --out): run.json (every number, the
 device, memory bandwidth, library versions, date), tokens_per_second.png,
-context_scaling.png, chat_ttft.json/.png (benchmarks/chat_ttft.py) and
-structured.json/.png (benchmarks/structured.py), both called from here.
+context_scaling.png, native_vs_llama_cpp.png, chat_ttft.json/.png
+(benchmarks/chat_ttft.py) and structured.json/.png (benchmarks/structured.py),
+both called from here.
 
 Configurations: SmolLM2-135M-Instruct from the embedded GGUF in float32,
 8-bit and 4-bit, and a random-weight model shaped like Qwen3-0.6B in 4-bit
@@ -29,8 +30,31 @@ printed and recorded, and the other systems also run the cut workload.
 Then (memory.py): TTFT, peak memory, KV cache and estimate_memory() against
 prompt length on SmolLM2 4-bit, with a 4-bit KV cache at --kv-lengths; on
 the CPU, mlx_local with and without OpenBLAS (MLX_LOCAL_BLAS=off) in two
-subprocesses; a llama.cpp row if llama-cpp-python is importable; and the
-chat benchmark; and the cost of a JSON schema (structured.py).
+subprocesses; the chat benchmark; and the cost of a JSON schema (structured.py).
+
+Issue 14 (peer.py, run.json's "peer" and "targets"; ``--no-peer`` skips it):
+on SmolLM2 4-bit and the Qwen3 shape, mlx_local's kernel modes (``off``: the
+pure-MLX path, today's baseline; ``exact``: the native kernels, the
+default; ``int8``) and llama.cpp, interleaved rounds on the same loaded
+model, medians: decode and prompt tokens/s and their ratios
+(mlx_local / llama.cpp). llama.cpp is llama-cpp-python's sdist's vendored
+llama.cpp, downloaded from PyPI and built once with cmake (llama-bench
+only, CPU, llama.cpp's default flags: -march=native, so AVX2 here;
+2 threads) into $MLX_LOCAL_HOME/bench/llama.cpp-<version>/ (llamacpp.py;
+``--no-llama`` skips it; ~5 min to build on a quiet 2-core machine, the
+time is in build.json there). It runs on the very GGUF mlx_local imports
+for SmolLM2 (Q4_1) and, for the Qwen3 shape, on a Q4_0 GGUF of the same
+float weights written beside its folder (gguf_writer.py). Then a
+4096-token prefill (off, the default mode, llama.cpp), a ~20-token chat
+turn after cached turns on the Qwen3 shape (the 0.5B-class model: the
+time to first token), and the int8 mode's quality (mean KL and top-1
+agreement against off on the evaluation text, by mlx_local._quality's
+machinery; whether exact and off decode the same greedy tokens). The
+targets (targets.py: decode >= 3x off on SmolLM2, >= 5x on the Qwen3 shape,
+>= 0.5x llama.cpp, chat TTFT < 1 s, 4096-token prefill >= 3x, peak memory
+no higher, KL <= 0.01, exact greedy == off) are printed at the end with
+pass/fail. The modes switch per forward pass (set_native_mode), so one
+process measures all of them; without the native build only "off" runs.
 
 The full run's defaults fit about 25 minutes on the 2-core dev machine
 (quiet): 3 rounds; prompts of 128 and 512 tokens, 128 tokens decoded after
@@ -39,7 +63,11 @@ the first; 2048- and 4096-token prompts only in the scaling phase (SmolLM2
 (``--lengths 128 512 2048`` measures it anyway); mlx-lm's defaults cut to
 ~20 s a run; chat_ttft with its own defaults (~5 minutes, ``--no-chat``
 skips it); structured with its own defaults (~6 minutes, ``--no-structured``
-skips it). run.json records how long each phase took.
+skips it); the issue-14 phase ~8 minutes (3 rounds, 64 decoded tokens).
+``--quick`` runs every phase small (one length, 16 decoded tokens, 2 rounds
+in the peer phase, a 1024-token long prefill) in a few minutes, once the
+model folders and llama.cpp are built. run.json records how long each
+phase took.
 """
 
 from __future__ import annotations
@@ -53,6 +81,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import llamacpp
+import peer
+import targets
 
 import mlx_local
 
@@ -79,6 +111,9 @@ FULL = {
     "blas_off": {"prompt": 128, "generate": 16, "repeats": 3},
     "chat_args": [],  # chat_ttft.py's own defaults: 10 turns, 3 repeats, 32 tokens
     "structured_args": [],  # structured.py's own defaults: both models, 3 rounds, 96 tokens
+    "peer": {"lengths": [128, 512], "decode_tokens": 64, "repeats": 3, "long_prefill": 4096, "long_repeats": 2,
+             "chat_history": 3, "chat_words": 16, "chat_repeats": 3, "chat_max_tokens": 16,
+             "quality_tokens": 1024, "quality_window": 256, "greedy_tokens": 48},
 }
 QUICK = {
     "repeats": 1,
@@ -92,6 +127,9 @@ QUICK = {
     "blas_off": {"prompt": 32, "generate": 4, "repeats": 1},
     "chat_args": ["--turns", "3", "--repeats", "1", "--max-tokens", "8"],
     "structured_args": ["--models", "smollm2-135m-4bit", "--repeats", "1", "--max-tokens", "8"],
+    "peer": {"lengths": [128], "decode_tokens": 16, "repeats": 2, "long_prefill": 1024, "long_repeats": 1,
+             "chat_history": 1, "chat_words": 16, "chat_repeats": 1, "chat_max_tokens": 8,
+             "quality_tokens": 256, "quality_window": 128, "greedy_tokens": 16},
 }
 
 START = time.perf_counter()
@@ -106,7 +144,7 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for p in ("mlx", "mlx-lm", "mlx-local", "numpy", "transformers", "matplotlib", "llama-cpp-python"):
+    for p in ("mlx", "mlx-lm", "mlx-local", "numpy", "transformers", "matplotlib", "gguf"):
         try:
             out[p] = version(p)
         except PackageNotFoundError:
@@ -202,6 +240,62 @@ def ratios(cfg: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
+# ------------------------------------------------------ issue 14: the peer
+
+
+def peer_phase(cfgs: list[models.BenchModel], p: dict[str, Any], *, no_llama: bool) -> dict[str, Any]:
+    """peer.py's measurements on the 4-bit configurations, with llama.cpp built first if needed."""
+    out: dict[str, Any] = {"settings": p, "native": mlx_local._cpu_kernels.native_status(), "speed": [],
+                           "quality": []}
+    llama_ok = False
+    if not no_llama:
+        try:
+            out["llama_cpp_build"] = llamacpp.ensure_built(log=log)
+            llama_ok = True
+        except Exception as e:  # the run goes on without the peer
+            out["llama_cpp_build"] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
+            log(f"llama.cpp unavailable: {type(e).__name__}: {str(e)[:300]}")
+    mine = [c for c in cfgs if c.name in ("smollm2-135m-4bit", "qwen3-0.6b-shape-4bit")]
+    mine = [c if llama_ok else models.BenchModel(**{**c.__dict__, "peer_gguf": None}) for c in mine]
+    log(f"native kernels: {out['native']}")
+    for c in mine:
+        log(f"{c.label}: native modes {', '.join(peer.modes())}" + (" and llama.cpp" if c.peer_gguf else "")
+            + f", prompts {p['lengths']}, {p['decode_tokens']} decoded tokens, {p['repeats']} rounds")
+        out["speed"].append(peer.speed(c, lengths=p["lengths"], decode_tokens=p["decode_tokens"],
+                                       repeats=p["repeats"], log=log))
+    small = next((c for c in mine if c.name == "smollm2-135m-4bit"), None)
+    big = next((c for c in mine if c.name == "qwen3-0.6b-shape-4bit"), None)
+    if small:
+        log(f"{small.label}: {p['long_prefill']}-token prefill, {p['long_repeats']} rounds")
+        out["long_prefill"] = peer.long_prefill(small, length=p["long_prefill"], repeats=p["long_repeats"], log=log)
+    if big:
+        log(f"{big.label}: a chat turn after {p['chat_history']} cached turns, {p['chat_repeats']} rounds")
+        out["chat"] = peer.chat_turn(big, history=p["chat_history"], words=p["chat_words"],
+                                     repeats=p["chat_repeats"], max_tokens=p["chat_max_tokens"], log=log)
+    for c in mine:
+        log(f"{c.label}: int8 and exact against off, {p['quality_tokens']} tokens of the evaluation text")
+        out["quality"].append(peer.quality(c, tokens=p["quality_tokens"], window=p["quality_window"],
+                                           greedy_tokens=p["greedy_tokens"], log=log))
+    return out
+
+
+def print_peer(data: dict[str, Any]) -> None:
+    """The native modes and llama.cpp per configuration, then the targets."""
+    pr = data["peer"]
+    print(f"\nnative kernels: {pr['native']}; llama.cpp: "
+          + (f"llama-cpp-python {pr['llama_cpp_build'].get('llama_cpp_python')}'s vendored llama.cpp, llama-bench, "
+             f"2 threads" if "error" not in pr.get("llama_cpp_build", {"error": 1}) else "not run"))
+    for r in pr["speed"]:
+        print(f"{r['label']} (median of {r['repeats']} interleaved rounds; tok/s)")
+        print(f"  {'':10} {'decode':>8} " + " ".join(f"{'p' + n:>8}" for n in r["by"]["off"]["prompt_tps"]))
+        for who, v in r["by"].items():
+            print(f"  {who:10} {fmt(v['decode_tps'], '8.2f')} "
+                  + " ".join(fmt(x, "8.1f") for x in v["prompt_tps"].values()))
+        print("  " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items() if v is not None))
+    print("\ntargets (issue 14):")
+    print(targets.table(data["targets"]))
+
+
 # ------------------------------------------------------------------- main
 
 
@@ -221,6 +315,9 @@ def main() -> None:
     ap.add_argument("--no-chat", action="store_true", help="skip chat_ttft")
     ap.add_argument("--no-structured", action="store_true", help="skip structured (the cost of a JSON schema)")
     ap.add_argument("--no-blas-off", action="store_true", help="skip the MLX_LOCAL_BLAS=off subprocess")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="skip the native modes / llama.cpp / targets / int8 quality phase (peer.py)")
+    ap.add_argument("--no-llama", action="store_true", help="in that phase, do not build or run llama.cpp")
     args = ap.parse_args()
 
     plan = dict(QUICK if args.quick else FULL)
@@ -288,16 +385,13 @@ def main() -> None:
         print(header(settings["lengths"]))
         print("\n".join(summarize(rec, settings["lengths"])), flush=True)
 
-    # llama.cpp on the same GGUF as the 4-bit SmolLM2 configuration.
     gguf_cfg = next((c for c in cfgs if c.name == "smollm2-135m-4bit"), None)
-    if gguf_cfg is not None:
-        log("llama.cpp reference row:")
-        tok = mlx_local.Model.load(gguf_cfg.folder, progress=False).tokenizer
-        row = speed.llama_cpp_row(gguf_cfg.source_file, lengths=plan["lengths"], decode_tokens=plan["decode_tokens"],
-                                  repeats=plan["repeats"], tokenizer=tok, log=log)
-        row["config"] = gguf_cfg.name
-        data["llama_cpp"] = row
-        save("llama.cpp")
+
+    # Issue 14: the native kernel modes against the pure-MLX path and llama.cpp, the targets, int8's quality.
+    if not args.no_peer:
+        data["peer"] = peer_phase(cfgs, plan["peer"], no_llama=args.no_llama)
+        data["targets"] = targets.check(data["peer"])
+        save("peer (native modes, llama.cpp, targets)")
 
     # Scaling with the prompt, and the 4-bit KV cache.
     scaling_folder = gguf_cfg.folder if gguf_cfg else cfgs[0].folder
@@ -359,6 +453,8 @@ def main() -> None:
     try:
         written.append(charts.tokens_per_second(data, out_dir / "tokens_per_second.png"))
         written.append(charts.context_scaling(data, out_dir / "context_scaling.png"))
+        if "peer" in data:
+            written.append(charts.peer(data, out_dir / "native_vs_llama_cpp.png"))
     except ImportError:
         log("no charts: matplotlib is not installed (pip install -e '.[bench]')")
 
@@ -374,12 +470,8 @@ def main() -> None:
               f"high-water {rss['rss_max'] / 2**20:.0f} MiB)")
         print(header(rec["settings"]["lengths"]))
         print("\n".join(summarize(rec, rec["settings"]["lengths"])))
-    if "llama_cpp" in data:
-        row = data["llama_cpp"]
-        print("\nllama.cpp: " + (row["note"] if not row.get("available") else
-                                 f"{row['version']}, decode {fmt(row['decode_tps'], '.2f')} tok/s, by prompt "
-                                 + ", ".join(f"{v['prompt_tokens']}: {v['prompt_tps']:.1f} tok/s"
-                                             for v in row["by_prompt"].values())))
+    if "peer" in data:
+        print_peer(data)
     print("\nwrote " + ", ".join(str(p) for p in written)
           + ("" if args.no_chat else f", {out_dir / 'chat_ttft.json'}, {out_dir / 'chat_ttft.png'}")
           + ("" if args.no_structured else f", {out_dir / 'structured.json'}, {out_dir / 'structured.png'}"))

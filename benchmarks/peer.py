@@ -41,6 +41,8 @@ from models import BenchModel
 from speed import key, med, prompt_ids
 from systems import load, settle
 
+#: The configurations this phase runs on (each has a GGUF for llama.cpp).
+CONFIGS = ("smollm2-135m-4bit", "qwen3-0.6b-shape-4bit")
 MODES = ("off", "exact", "int8")
 LLAMA = "llama.cpp"
 
@@ -258,3 +260,64 @@ def quality(cfg: BenchModel, *, tokens: int, window: int, greedy_tokens: int,
     log(f"  greedy {greedy_tokens} tokens: exact == off: {greedy['exact'] == greedy['off']}, "
         f"int8 == off: {greedy['int8'] == greedy['off']}")
     return out
+
+
+def phase(cfgs: list[BenchModel], p: dict[str, Any], *, no_llama: bool,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """This module's measurements on the :data:`CONFIGS` among ``cfgs`` (run.py's issue-14 phase).
+
+    ``p``: run.py's ``peer`` settings. llama.cpp is built first if needed; if that
+    fails, the error is recorded and the phase runs without it.
+    """
+    out: dict[str, Any] = {"settings": p, "native": _cpu_kernels.native_status(), "speed": [],
+                           "quality": []}
+    llama_ok = False
+    if not no_llama:
+        try:
+            out["llama_cpp_build"] = llamacpp.ensure_built(log=log)
+            llama_ok = True
+        except Exception as e:  # the run goes on without the peer
+            out["llama_cpp_build"] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
+            log(f"llama.cpp unavailable: {type(e).__name__}: {str(e)[:300]}")
+    mine = [c for c in cfgs if c.name in CONFIGS]
+    mine = [c if llama_ok else BenchModel(**{**c.__dict__, "peer_gguf": None}) for c in mine]
+    log(f"native kernels: {out['native']}")
+    for c in mine:
+        log(f"{c.label}: native modes {', '.join(modes())}" + (" and llama.cpp" if c.peer_gguf else "")
+            + f", prompts {p['lengths']}, {p['decode_tokens']} decoded tokens, {p['repeats']} rounds")
+        out["speed"].append(speed(c, lengths=p["lengths"], decode_tokens=p["decode_tokens"],
+                               repeats=p["repeats"], log=log))
+    small = next((c for c in mine if c.name == "smollm2-135m-4bit"), None)
+    big = next((c for c in mine if c.name == "qwen3-0.6b-shape-4bit"), None)
+    if small:
+        log(f"{small.label}: {p['long_prefill']}-token prefill, {p['long_repeats']} rounds")
+        out["long_prefill"] = long_prefill(small, length=p["long_prefill"], repeats=p["long_repeats"], log=log)
+    if big:
+        log(f"{big.label}: a chat turn after {p['chat_history']} cached turns, {p['chat_repeats']} rounds")
+        out["chat"] = chat_turn(big, history=p["chat_history"], words=p["chat_words"],
+                                repeats=p["chat_repeats"], max_tokens=p["chat_max_tokens"], log=log)
+    for c in mine:
+        log(f"{c.label}: int8 and exact against off, {p['quality_tokens']} tokens of the evaluation text")
+        out["quality"].append(quality(c, tokens=p["quality_tokens"], window=p["quality_window"],
+                                   greedy_tokens=p["greedy_tokens"], log=log))
+    return out
+
+
+def _f(v: float | None, spec: str) -> str:
+    return "-".rjust(int(spec.split(".")[0])) if v is None else format(v, spec)
+
+
+def summary(pr: dict[str, Any]) -> str:
+    """The phase's speed table per configuration (run.json's ``peer``), as printed at the end of run.py."""
+    build = pr.get("llama_cpp_build", {"error": "not run"})
+    lines = [f"\nnative kernels: {pr['native']}; llama.cpp: "
+             + (f"llama-cpp-python {build.get('llama_cpp_python')}'s vendored llama.cpp, llama-bench, 2 threads"
+                if "error" not in build else "not run")]
+    for r in pr["speed"]:
+        lines.append(f"{r['label']} (median of {r['repeats']} interleaved rounds; tok/s)")
+        lines.append(f"  {'':10} {'decode':>8} " + " ".join(f"{'p' + n:>8}" for n in r["by"]["off"]["prompt_tps"]))
+        for who, v in r["by"].items():
+            lines.append(f"  {who:10} {_f(v['decode_tps'], '8.2f')} "
+                         + " ".join(_f(x, "8.1f") for x in v["prompt_tps"].values()))
+        lines.append("  " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items() if v is not None))
+    return "\n".join(lines)

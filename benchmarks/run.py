@@ -64,6 +64,7 @@ the first; 2048- and 4096-token prompts only in the scaling phase (SmolLM2
 ~20 s a run; chat_ttft with its own defaults (~5 minutes, ``--no-chat``
 skips it); structured with its own defaults (~6 minutes, ``--no-structured``
 skips it); the issue-14 phase ~8 minutes (3 rounds, 64 decoded tokens).
+``--peer-only`` runs that phase alone (~10 minutes; into results/peer/).
 ``--quick`` runs every phase small (one length, 16 decoded tokens, 2 rounds
 in the peer phase, a 1024-token long prefill) in a few minutes, once the
 model folders and llama.cpp are built. run.json records how long each
@@ -82,7 +83,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import llamacpp
 import peer
 import targets
 
@@ -240,62 +240,6 @@ def ratios(cfg: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-# ------------------------------------------------------ issue 14: the peer
-
-
-def peer_phase(cfgs: list[models.BenchModel], p: dict[str, Any], *, no_llama: bool) -> dict[str, Any]:
-    """peer.py's measurements on the 4-bit configurations, with llama.cpp built first if needed."""
-    out: dict[str, Any] = {"settings": p, "native": mlx_local._cpu_kernels.native_status(), "speed": [],
-                           "quality": []}
-    llama_ok = False
-    if not no_llama:
-        try:
-            out["llama_cpp_build"] = llamacpp.ensure_built(log=log)
-            llama_ok = True
-        except Exception as e:  # the run goes on without the peer
-            out["llama_cpp_build"] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
-            log(f"llama.cpp unavailable: {type(e).__name__}: {str(e)[:300]}")
-    mine = [c for c in cfgs if c.name in ("smollm2-135m-4bit", "qwen3-0.6b-shape-4bit")]
-    mine = [c if llama_ok else models.BenchModel(**{**c.__dict__, "peer_gguf": None}) for c in mine]
-    log(f"native kernels: {out['native']}")
-    for c in mine:
-        log(f"{c.label}: native modes {', '.join(peer.modes())}" + (" and llama.cpp" if c.peer_gguf else "")
-            + f", prompts {p['lengths']}, {p['decode_tokens']} decoded tokens, {p['repeats']} rounds")
-        out["speed"].append(peer.speed(c, lengths=p["lengths"], decode_tokens=p["decode_tokens"],
-                                       repeats=p["repeats"], log=log))
-    small = next((c for c in mine if c.name == "smollm2-135m-4bit"), None)
-    big = next((c for c in mine if c.name == "qwen3-0.6b-shape-4bit"), None)
-    if small:
-        log(f"{small.label}: {p['long_prefill']}-token prefill, {p['long_repeats']} rounds")
-        out["long_prefill"] = peer.long_prefill(small, length=p["long_prefill"], repeats=p["long_repeats"], log=log)
-    if big:
-        log(f"{big.label}: a chat turn after {p['chat_history']} cached turns, {p['chat_repeats']} rounds")
-        out["chat"] = peer.chat_turn(big, history=p["chat_history"], words=p["chat_words"],
-                                     repeats=p["chat_repeats"], max_tokens=p["chat_max_tokens"], log=log)
-    for c in mine:
-        log(f"{c.label}: int8 and exact against off, {p['quality_tokens']} tokens of the evaluation text")
-        out["quality"].append(peer.quality(c, tokens=p["quality_tokens"], window=p["quality_window"],
-                                           greedy_tokens=p["greedy_tokens"], log=log))
-    return out
-
-
-def print_peer(data: dict[str, Any]) -> None:
-    """The native modes and llama.cpp per configuration, then the targets."""
-    pr = data["peer"]
-    print(f"\nnative kernels: {pr['native']}; llama.cpp: "
-          + (f"llama-cpp-python {pr['llama_cpp_build'].get('llama_cpp_python')}'s vendored llama.cpp, llama-bench, "
-             f"2 threads" if "error" not in pr.get("llama_cpp_build", {"error": 1}) else "not run"))
-    for r in pr["speed"]:
-        print(f"{r['label']} (median of {r['repeats']} interleaved rounds; tok/s)")
-        print(f"  {'':10} {'decode':>8} " + " ".join(f"{'p' + n:>8}" for n in r["by"]["off"]["prompt_tps"]))
-        for who, v in r["by"].items():
-            print(f"  {who:10} {fmt(v['decode_tps'], '8.2f')} "
-                  + " ".join(fmt(x, "8.1f") for x in v["prompt_tps"].values()))
-        print("  " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items() if v is not None))
-    print("\ntargets (issue 14):")
-    print(targets.table(data["targets"]))
-
-
 # ------------------------------------------------------------------- main
 
 
@@ -318,13 +262,25 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true",
                     help="skip the native modes / llama.cpp / targets / int8 quality phase (peer.py)")
     ap.add_argument("--no-llama", action="store_true", help="in that phase, do not build or run llama.cpp")
+    ap.add_argument("--peer-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help='override settings of that phase, e.g. repeats=2 lengths=[128] (values in JSON)')
+    ap.add_argument("--peer-only", action="store_true",
+                    help="only that phase (on the two 4-bit configurations), into benchmarks/results/peer/")
     args = ap.parse_args()
+    if args.peer_only:
+        args.no_chat = args.no_structured = args.no_blas_off = True
 
     plan = dict(QUICK if args.quick else FULL)
     for k in ("repeats", "lengths", "decode_tokens", "slow_cap", "scaling_lengths", "kv_lengths"):
         if getattr(args, k) is not None:
             plan[k] = getattr(args, k)
-    out_dir = args.out or (common.RESULTS / "quick" if args.quick else common.RESULTS)
+    plan["peer"] = dict(plan["peer"])
+    for item in args.peer_set:
+        k, _, v = item.partition("=")
+        if k not in plan["peer"]:
+            ap.error(f"--peer-set {item}: no setting {k!r}; the settings are {', '.join(plan['peer'])}")
+        plan["peer"][k] = json.loads(v)
+    out_dir = args.out or (common.RESULTS / ("quick" if args.quick else "") / ("peer" if args.peer_only else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     common.RESULTS = out_dir  # chat_ttft and structured write through common.write
     json_path = out_dir / "run.json"
@@ -363,13 +319,13 @@ def main() -> None:
     log(f"memory bandwidth: {bw['gb_per_s']:.1f} GB/s ({bw['method']})")
 
     log("model folders (built once, then cached):")
-    cfgs = models.prepare(args.configs, log=log)
+    cfgs = models.prepare(args.configs or (list(peer.CONFIGS) if args.peer_only else None), log=log)
     for c in cfgs:
         log(f"  {c.name:24} {models.folder_bytes(c.folder) / 1e6:7.1f} MB  {c.folder}")
     save("bandwidth and model folders")
 
     # Speed and memory per configuration.
-    for c in cfgs:
+    for c in [] if args.peer_only else cfgs:
         settings = plan
         log(f"{c.label}: prompt lengths {settings['lengths']}, {settings['decode_tokens']} decoded tokens, "
             f"{settings['repeats']} rounds")
@@ -389,18 +345,19 @@ def main() -> None:
 
     # Issue 14: the native kernel modes against the pure-MLX path and llama.cpp, the targets, int8's quality.
     if not args.no_peer:
-        data["peer"] = peer_phase(cfgs, plan["peer"], no_llama=args.no_llama)
+        data["peer"] = peer.phase(cfgs, plan["peer"], no_llama=args.no_llama, log=log)
         data["targets"] = targets.check(data["peer"])
         save("peer (native modes, llama.cpp, targets)")
 
     # Scaling with the prompt, and the 4-bit KV cache.
     scaling_folder = gguf_cfg.folder if gguf_cfg else cfgs[0].folder
-    log(f"context scaling (mlx_local, {scaling_folder.name}): {plan['scaling_lengths']}, "
-        f"4-bit KV cache at {plan['kv_lengths']}")
-    data["scaling"] = memory.scaling(scaling_folder, label=gguf_cfg.label if gguf_cfg else cfgs[0].label, lengths=plan["scaling_lengths"],
-                                     generate=plan["scaling_generate"], repeats=plan["scaling_repeats"],
-                                     kv_lengths=plan["kv_lengths"], log=log)
-    save("scaling")
+    if not args.peer_only:
+        log(f"context scaling (mlx_local, {scaling_folder.name}): {plan['scaling_lengths']}, "
+            f"4-bit KV cache at {plan['kv_lengths']}")
+        data["scaling"] = memory.scaling(scaling_folder, label=gguf_cfg.label if gguf_cfg else cfgs[0].label,
+                                         lengths=plan["scaling_lengths"], generate=plan["scaling_generate"],
+                                         repeats=plan["scaling_repeats"], kv_lengths=plan["kv_lengths"], log=log)
+        save("scaling")
 
     # What OpenBLAS is worth (CPU only): the same small run in two subprocesses,
     # with OpenBLAS and with MLX's bundled BLAS (the BLAS is chosen once per process).
@@ -451,8 +408,10 @@ def main() -> None:
     save()
     written = [json_path]
     try:
-        written.append(charts.tokens_per_second(data, out_dir / "tokens_per_second.png"))
-        written.append(charts.context_scaling(data, out_dir / "context_scaling.png"))
+        if data["configs"]:
+            written.append(charts.tokens_per_second(data, out_dir / "tokens_per_second.png"))
+        if "scaling" in data:
+            written.append(charts.context_scaling(data, out_dir / "context_scaling.png"))
         if "peer" in data:
             written.append(charts.peer(data, out_dir / "native_vs_llama_cpp.png"))
     except ImportError:
@@ -471,7 +430,9 @@ def main() -> None:
         print(header(rec["settings"]["lengths"]))
         print("\n".join(summarize(rec, rec["settings"]["lengths"])))
     if "peer" in data:
-        print_peer(data)
+        print(peer.summary(data["peer"]))
+        print("\ntargets (issue 14):")
+        print(targets.table(data["targets"]))
     print("\nwrote " + ", ".join(str(p) for p in written)
           + ("" if args.no_chat else f", {out_dir / 'chat_ttft.json'}, {out_dir / 'chat_ttft.png'}")
           + ("" if args.no_structured else f", {out_dir / 'structured.json'}, {out_dir / 'structured.png'}"))

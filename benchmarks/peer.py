@@ -262,15 +262,17 @@ def quality(cfg: BenchModel, *, tokens: int, window: int, greedy_tokens: int,
     return out
 
 
-def phase(cfgs: list[BenchModel], p: dict[str, Any], *, no_llama: bool,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+def phase(cfgs: list[BenchModel], p: dict[str, Any], *, no_llama: bool, log: Callable[[str], None] = print,
+          out: dict[str, Any] | None = None, saved: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """This module's measurements on the :data:`CONFIGS` among ``cfgs`` (run.py's issue-14 phase).
 
     ``p``: run.py's ``peer`` settings. llama.cpp is built first if needed; if that
-    fails, the error is recorded and the phase runs without it.
+    fails, the error is recorded and the phase runs without it. Results go into
+    ``out`` (returned), and ``saved()`` is called after each step (run.py writes
+    run.json then, so an interrupted run keeps what was measured).
     """
-    out: dict[str, Any] = {"settings": p, "native": _cpu_kernels.native_status(), "speed": [],
-                           "quality": []}
+    out = {} if out is None else out
+    out.update({"settings": p, "native": _cpu_kernels.native_status(), "speed": [], "quality": []})
     llama_ok = False
     if not no_llama:
         try:
@@ -287,19 +289,23 @@ def phase(cfgs: list[BenchModel], p: dict[str, Any], *, no_llama: bool,
             + f", prompts {p['lengths']}, {p['decode_tokens']} decoded tokens, {p['repeats']} rounds")
         out["speed"].append(speed(c, lengths=p["lengths"], decode_tokens=p["decode_tokens"],
                                repeats=p["repeats"], log=log))
+        saved()
     small = next((c for c in mine if c.name == "smollm2-135m-4bit"), None)
     big = next((c for c in mine if c.name == "qwen3-0.6b-shape-4bit"), None)
     if small:
         log(f"{small.label}: {p['long_prefill']}-token prefill, {p['long_repeats']} rounds")
         out["long_prefill"] = long_prefill(small, length=p["long_prefill"], repeats=p["long_repeats"], log=log)
+        saved()
     if big:
         log(f"{big.label}: a chat turn after {p['chat_history']} cached turns, {p['chat_repeats']} rounds")
         out["chat"] = chat_turn(big, history=p["chat_history"], words=p["chat_words"],
                                 repeats=p["chat_repeats"], max_tokens=p["chat_max_tokens"], log=log)
+        saved()
     for c in mine:
         log(f"{c.label}: int8 and exact against off, {p['quality_tokens']} tokens of the evaluation text")
         out["quality"].append(quality(c, tokens=p["quality_tokens"], window=p["quality_window"],
                                    greedy_tokens=p["greedy_tokens"], log=log))
+        saved()
     return out
 
 

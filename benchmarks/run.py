@@ -345,7 +345,13 @@ def main() -> None:
 
     # Issue 14: the native kernel modes against the pure-MLX path and llama.cpp, the targets, int8's quality.
     if not args.no_peer:
-        data["peer"] = peer.phase(cfgs, plan["peer"], no_llama=args.no_llama, log=log)
+        data["peer"] = {}
+
+        def peer_saved() -> None:
+            data["targets"] = targets.check(data["peer"])
+            save()
+
+        peer.phase(cfgs, plan["peer"], no_llama=args.no_llama, log=log, out=data["peer"], saved=peer_saved)
         data["targets"] = targets.check(data["peer"])
         save("peer (native modes, llama.cpp, targets)")
 

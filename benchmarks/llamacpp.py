@@ -103,6 +103,22 @@ def source_dir(version: str = LLAMA_CPP_PYTHON_VERSION, log: Callable[[str], Non
     return llama
 
 
+#: The CMakeCache entries recorded in build.json: what decides the CPU code and the threads.
+RECORDED = ("CMAKE_BUILD_TYPE", "CMAKE_CXX_COMPILER", "CMAKE_C_FLAGS_RELEASE", "CMAKE_CXX_FLAGS_RELEASE",
+            "BUILD_SHARED_LIBS", "GGML_NATIVE", "GGML_CPU", "GGML_OPENMP", "GGML_OPENMP_ENABLED", "GGML_LLAMAFILE",
+            "GGML_CPU_REPACK", "GGML_BLAS", "GGML_AVAILABLE_BACKENDS", "GGML_CPU_ALL_VARIANTS", "GGML_BACKEND_DL")
+
+
+def _cache_flags(cache: Path) -> dict[str, str]:
+    out = {}
+    for line in cache.read_text(errors="replace").splitlines():
+        name, _, value = line.partition("=")
+        k = name.split(":", 1)[0]
+        if k in RECORDED:
+            out[k] = value
+    return out
+
+
 def ensure_built(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build llama-bench once (a few minutes on 2 cores); return the build record."""
@@ -128,11 +144,7 @@ def ensure_built(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int | None = Non
     if mk.returncode != 0:
         raise RuntimeError(f"building llama.cpp failed:\n{mk.stdout[-3000:]}\n{mk.stderr[-3000:]}")
     end = time.perf_counter()
-    cache = (build / "CMakeCache.txt").read_text(errors="replace").splitlines()
-    picked = {k: v for line in cache if "=" in line and ":" in line.split("=", 1)[0]
-              for k, v in [(line.split(":", 1)[0], line.split("=", 1)[1])]
-              if k.startswith(("GGML_", "CMAKE_BUILD_TYPE", "CMAKE_CXX_COMPILER", "CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS",
-                               "BUILD_SHARED_LIBS")) and not k.endswith(("_DIR", "_LIB"))}
+    picked = _cache_flags(build / "CMakeCache.txt")
     rec = {
         "llama_cpp_python": version,
         "source": f"PyPI sdist llama_cpp_python-{version}.tar.gz, vendor/llama.cpp",

@@ -28,6 +28,7 @@ and whether ``exact`` gives the same greedy tokens as ``off``.
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,6 +105,7 @@ def speed(cfg: BenchModel, *, lengths: list[int], decode_tokens: int, repeats: i
                        "decode_tps": res[key(*items[0])].decode_tps,
                        "peak_memory": max(x.peak_memory for x in res.values()),
                        "runs": {k: x.as_dict() for k, x in res.items()}}
+            one["loadavg"] = os.getloadavg()[0]
             runs[who].append(one)
             log(f"  round {r + 1}/{repeats} {who:9}: decode {one['decode_tps']:7.2f} tok/s, prompt "
                 + ", ".join(f"{n}: {v:7.1f}" for n, v in one["prompt_tps"].items()) + " tok/s")
@@ -124,6 +126,9 @@ def speed(cfg: BenchModel, *, lengths: list[int], decode_tokens: int, repeats: i
                                       for k in ("cpu_info", "backends", "build_commit", "model_type", "model_size",
                                                 "model_n_params", "n_threads", "n_batch", "n_ubatch")}}
     out["ratios"] = _ratios(out["by"], lengths)
+    # The machine's 1-minute load average during the rounds: llama.cpp's OpenMP threads spin-wait,
+    # so on a shared machine (load above the core count) it loses far more than mlx_local does.
+    out["loadavg"] = [x["loadavg"] for rs in runs.values() for x in rs]
     m.free()
     del m
     gc.collect()

@@ -18,6 +18,11 @@ empty context, llama-bench's definition; mlx_local decodes after the first
 prompt). The modes switch per forward pass (``set_native_mode``), so all
 share one loaded model and one process.
 
+llama.cpp's threads (OpenMP) spin while they wait for each other, so on a
+machine busy with other work (a load average above the core count) it
+loses much more than mlx_local does: each record keeps the load average
+of its rounds (``loadavg``); compare ratios from a quiet machine.
+
 Also here: long prefill (off against the default mode, and llama.cpp's
 ``pp<n>``), a chat turn's time to first token after a cached conversation,
 and the int8 mode's quality (mean KL and top-1 agreement against ``off``

@@ -41,8 +41,9 @@ model, medians: decode and prompt tokens/s and their ratios
 llama.cpp, downloaded from PyPI and built once with cmake (llama-bench
 only, CPU, llama.cpp's default flags: -march=native, so AVX2 here;
 2 threads) into $MLX_LOCAL_HOME/bench/llama.cpp-<version>/ (llamacpp.py;
-``--no-llama`` skips it; ~5 min to build on a quiet 2-core machine, the
-time is in build.json there). It runs on the very GGUF mlx_local imports
+``--no-llama`` skips it; about 230 compile units: it took 64 min on the
+shared dev machine under a load average of ~14, the time is in build.json
+there). It runs on the very GGUF mlx_local imports
 for SmolLM2 (Q4_1) and, for the Qwen3 shape, on a Q4_0 GGUF of the same
 float weights written beside its folder (gguf_writer.py). Then a
 4096-token prefill (off, the default mode, llama.cpp), a ~20-token chat

@@ -8,6 +8,10 @@ from typing import Any
 from systems import LABELS, SYSTEMS
 
 COLORS = {"mlx_local": "#1f77b4", "mlx_lm_ours": "#7fb3e0", "mlx_lm": "#d62728", "llama_cpp": "#2ca02c"}
+#: peer.py's runners: the native kernel modes and llama.cpp
+PEER_COLORS = {"off": "#aec7e8", "exact": "#1f77b4", "int8": "#9467bd", "llama.cpp": "#2ca02c"}
+PEER_LABELS = {"off": "mlx_local, pure MLX (native off)", "exact": "mlx_local, native exact (default)",
+               "int8": "mlx_local, native int8", "llama.cpp": "llama.cpp (llama-bench, 2 threads)"}
 
 
 def _plt() -> Any:
@@ -39,8 +43,8 @@ def tokens_per_second(data: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     configs = data["configs"]
     systems = [s for s in SYSTEMS if any(s in c["systems"] for c in configs)]
-    llama = data.get("llama_cpp") or {}
-    columns = systems + (["llama_cpp"] if llama.get("available") else [])
+    llama = {r["config"]: r for r in data.get("peer", {}).get("speed", []) if "llama.cpp" in r["by"]}
+    columns = systems + (["llama_cpp"] if llama else [])
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     width = 0.8 / len(columns)
     names = [c["label"] for c in configs]
@@ -49,11 +53,11 @@ def tokens_per_second(data: dict[str, Any], path: Path) -> Path:
         for i, s in enumerate(columns):
             values, reduced = [], []
             for c in configs:
-                if s == "llama_cpp":
-                    row = llama if llama.get("config") == c["name"] else None
-                    v = row and (row["decode_tps"] if metric == "decode_tps" else
-                                 next(iter(row["by_prompt"].values()))["prompt_tps"])
-                    values.append(v)
+                if s == "llama_cpp":  # measured by peer.py (llama-bench), interleaved with mlx_local's modes
+                    row = llama.get(c["name"])
+                    by = row and row["by"]["llama.cpp"]
+                    values.append(by and (by["decode_tps"] if metric == "decode_tps" else
+                                          by["prompt_tps"].get(str(first_len))))
                     reduced.append(False)
                     continue
                 sm = c["systems"].get(s, {}).get("summary")
@@ -176,6 +180,41 @@ def serve_load(data: dict[str, Any], path: Path) -> Path:
     fig.suptitle(f"serve_load: {data['model']} ({data.get('dtype')}, {data.get('quantization')}), "
                  f"{data['clients']} clients, {data['duration_s']:.0f}s x {data['repeats']}\n{_title(data)}", fontsize=9)  # fmt: skip
     fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def peer(data: dict[str, Any], path: Path) -> Path:
+    """Decode and prompt tokens/s of the native modes and llama.cpp per 4-bit configuration (peer.py)."""
+    plt = _plt()
+    rows = data["peer"]["speed"]
+    lengths = rows[0]["lengths"] if rows else []
+    panels = ["decode"] + [str(n) for n in lengths]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    runners = [w for w in PEER_COLORS if any(w in r["by"] for r in rows)]
+    width = 0.8 / max(1, len(runners))
+    for ax, panel in zip(axes[0], panels):
+        for i, w in enumerate(runners):
+            values: list[float | None] = []
+            for r in rows:
+                by = r["by"].get(w)
+                values.append(by and (by["decode_tps"] if panel == "decode" else by["prompt_tps"].get(panel)))
+            xs = [j + (i - (len(runners) - 1) / 2) * width for j in range(len(rows))]
+            bars = ax.bar(xs, [v or 0 for v in values], width, color=PEER_COLORS[w], label=PEER_LABELS[w])
+            _bar_label(ax, bars, values, [False] * len(values))
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["label"] for r in rows], fontsize=8)
+        ax.set_ylabel("tokens/s (median of interleaved rounds, log scale)")
+        ax.set_title(f"decode tokens/s ({rows[0]['decode_tokens']} tokens)" if panel == "decode"
+                     else f"prompt tokens/s ({panel}-token prompt)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.margins(y=0.25)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
+    fig.suptitle(f"native kernels ({data['peer']['native']}) and llama.cpp: " + _title(data), fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

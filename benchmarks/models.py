@@ -10,6 +10,8 @@
   like the real checkpoint and quantized to 4-bit (g64) by mlx-lm through
   ``mlx_local.convert``: what ``mlx-community/Qwen3-0.6B-4bit`` is, minus
   the trained weights (speed and memory do not depend on their values).
+  The same float weights are also written to a Q4_0 GGUF beside it
+  (gguf_writer.py), so llama.cpp runs the very same model.
 
 Everything lives under ``$MLX_LOCAL_HOME/bench`` (``~/.cache/mlx_local/bench``);
 the GGUF imports are mlx_local's own cached imports.
@@ -66,6 +68,7 @@ class BenchModel:
     folder: Path  # the MLX/HF folder both systems load
     source_file: Path | None  # the GGUF it was imported from, if any
     description: str
+    peer_gguf: Path | None = None  # the GGUF llama.cpp runs as this configuration's peer, if any
 
 
 def bench_home() -> Path:
@@ -148,10 +151,23 @@ def write_qwen3_shaped(folder: Path, seed: int = 0) -> None:
         shutil.copy(tok / name, folder / name)
 
 
-def prepare(names: list[str] | None = None, log: Callable[[str], None] = print) -> list[BenchModel]:
+def qwen3_shaped_gguf(bf16: Path, log: Callable[[str], None] = print) -> Path:
+    """The Qwen3-0.6B-shaped bfloat16 folder's weights as a Q4_0 GGUF for llama.cpp, beside it (built once)."""
+    from gguf_writer import write_qwen3_gguf
+
+    out = bf16.with_name(f"qwen3-0.6b-shape-q4_0-v{BUILD_VERSION}.gguf")
+    if not out.is_file():
+        log(f"writing {out} (Q4_0, for llama.cpp; once)")
+        write_qwen3_gguf(bf16, out, name="Qwen3-0.6B-shaped (random weights)")
+    return out
+
+
+def prepare(names: list[str] | None = None, log: Callable[[str], None] = print,
+            peer_ggufs: bool = True) -> list[BenchModel]:
     """The benchmark's models (building what is missing), in table order.
 
     ``names`` limits which ones (see the ``name`` fields); None: all.
+    ``peer_ggufs``: also write the GGUFs llama.cpp runs (the Qwen3 shape's Q4_0).
     """
     gguf = assets.path("smollm2")
     home = bench_home()
@@ -173,7 +189,7 @@ def prepare(names: list[str] | None = None, log: Callable[[str], None] = print) 
     if want("smollm2-135m-4bit"):
         out.append(BenchModel("smollm2-135m-4bit", "SmolLM2-135M 4-bit", _imported_folder(gguf, "quantized"), gguf,
                               "SmolLM2-135M-Instruct, Q4_1 GGUF repacked losslessly (Model.load default), 4-bit g32, "
-                              "embeddings 8-bit"))
+                              "embeddings 8-bit", peer_gguf=gguf))
     if want("qwen3-0.6b-shape-4bit"):
         bf16 = _build_once(home / f"qwen3-0.6b-shape-bf16-v{BUILD_VERSION}", write_qwen3_shaped, log)
 
@@ -183,7 +199,8 @@ def prepare(names: list[str] | None = None, log: Callable[[str], None] = print) 
         folder = _build_once(home / f"qwen3-0.6b-shape-4bit-v{BUILD_VERSION}", build4, log)
         out.append(BenchModel("qwen3-0.6b-shape-4bit", "Qwen3-0.6B-shaped 4-bit", folder, None,
                               "random weights shaped like Qwen3-0.6B, bfloat16, quantized by mlx-lm to 4-bit g64 "
-                              "(bfloat16 scales, like mlx-community/Qwen3-0.6B-4bit)"))
+                              "(bfloat16 scales, like mlx-community/Qwen3-0.6B-4bit)",
+                              peer_gguf=qwen3_shaped_gguf(bf16, log) if peer_ggufs else None))
     return out
 
 

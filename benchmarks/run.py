@@ -5,8 +5,9 @@
 
 Writes into benchmarks/results/ (or --out): run.json (every number, the
 device, memory bandwidth, library versions, date), tokens_per_second.png,
-context_scaling.png, chat_ttft.json/.png (benchmarks/chat_ttft.py) and
-structured.json/.png (benchmarks/structured.py), both called from here.
+context_scaling.png, native_vs_llama_cpp.png, chat_ttft.json/.png
+(benchmarks/chat_ttft.py) and structured.json/.png (benchmarks/structured.py),
+both called from here.
 
 Configurations: SmolLM2-135M-Instruct from the embedded GGUF in float32,
 8-bit and 4-bit, and a random-weight model shaped like Qwen3-0.6B in 4-bit
@@ -29,8 +30,32 @@ printed and recorded, and the other systems also run the cut workload.
 Then (memory.py): TTFT, peak memory, KV cache and estimate_memory() against
 prompt length on SmolLM2 4-bit, with a 4-bit KV cache at --kv-lengths; on
 the CPU, mlx_local with and without OpenBLAS (MLX_LOCAL_BLAS=off) in two
-subprocesses; a llama.cpp row if llama-cpp-python is importable; and the
-chat benchmark; and the cost of a JSON schema (structured.py).
+subprocesses; the chat benchmark; and the cost of a JSON schema (structured.py).
+
+Issue 14 (peer.py, run.json's "peer" and "targets"; ``--no-peer`` skips it):
+on SmolLM2 4-bit and the Qwen3 shape, mlx_local's kernel modes (``off``: the
+pure-MLX path, today's baseline; ``exact``: the native kernels, the
+default; ``int8``) and llama.cpp, interleaved rounds on the same loaded
+model, medians: decode and prompt tokens/s and their ratios
+(mlx_local / llama.cpp). llama.cpp is llama-cpp-python's sdist's vendored
+llama.cpp, downloaded from PyPI and built once with cmake (llama-bench
+only, CPU, llama.cpp's default flags: -march=native, so AVX2 here;
+2 threads) into $MLX_LOCAL_HOME/bench/llama.cpp-<version>/ (llamacpp.py;
+``--no-llama`` skips it; about 230 compile units: it took 64 min on the
+shared dev machine under a load average of ~14, the time is in build.json
+there). It runs on the very GGUF mlx_local imports
+for SmolLM2 (Q4_1) and, for the Qwen3 shape, on a Q4_0 GGUF of the same
+float weights written beside its folder (gguf_writer.py). Then a
+4096-token prefill (off, the default mode, llama.cpp), a ~20-token chat
+turn after cached turns on the Qwen3 shape (the 0.5B-class model: the
+time to first token), and the int8 mode's quality (mean KL and top-1
+agreement against off on the evaluation text, by mlx_local._quality's
+machinery; whether exact and off decode the same greedy tokens). The
+targets (targets.py: decode >= 3x off on SmolLM2, >= 5x on the Qwen3 shape,
+>= 0.5x llama.cpp, chat TTFT < 1 s, 4096-token prefill >= 3x, peak memory
+no higher, KL <= 0.01, exact greedy == off) are printed at the end with
+pass/fail. The modes switch per forward pass (set_native_mode), so one
+process measures all of them; without the native build only "off" runs.
 
 The full run's defaults fit about 25 minutes on the 2-core dev machine
 (quiet): 3 rounds; prompts of 128 and 512 tokens, 128 tokens decoded after
@@ -39,7 +64,12 @@ the first; 2048- and 4096-token prompts only in the scaling phase (SmolLM2
 (``--lengths 128 512 2048`` measures it anyway); mlx-lm's defaults cut to
 ~20 s a run; chat_ttft with its own defaults (~5 minutes, ``--no-chat``
 skips it); structured with its own defaults (~6 minutes, ``--no-structured``
-skips it). run.json records how long each phase took.
+skips it); the issue-14 phase ~8 minutes (3 rounds, 64 decoded tokens).
+``--peer-only`` runs that phase alone (~10 minutes; into results/peer/).
+``--quick`` runs every phase small (one length, 16 decoded tokens, 2 rounds
+in the peer phase, a 1024-token long prefill) in a few minutes, once the
+model folders and llama.cpp are built. run.json records how long each
+phase took.
 """
 
 from __future__ import annotations
@@ -53,6 +83,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import peer
+import targets
 
 import mlx_local
 
@@ -79,6 +112,9 @@ FULL = {
     "blas_off": {"prompt": 128, "generate": 16, "repeats": 3},
     "chat_args": [],  # chat_ttft.py's own defaults: 10 turns, 3 repeats, 32 tokens
     "structured_args": [],  # structured.py's own defaults: both models, 3 rounds, 96 tokens
+    "peer": {"lengths": [128, 512], "decode_tokens": 64, "repeats": 3, "long_prefill": 4096, "long_repeats": 2,
+             "chat_history": 3, "chat_words": 16, "chat_repeats": 3, "chat_max_tokens": 16,
+             "quality_tokens": 1024, "quality_window": 256, "greedy_tokens": 48},
 }
 QUICK = {
     "repeats": 1,
@@ -92,6 +128,9 @@ QUICK = {
     "blas_off": {"prompt": 32, "generate": 4, "repeats": 1},
     "chat_args": ["--turns", "3", "--repeats", "1", "--max-tokens", "8"],
     "structured_args": ["--models", "smollm2-135m-4bit", "--repeats", "1", "--max-tokens", "8"],
+    "peer": {"lengths": [128], "decode_tokens": 16, "repeats": 2, "long_prefill": 1024, "long_repeats": 1,
+             "chat_history": 1, "chat_words": 16, "chat_repeats": 1, "chat_max_tokens": 8,
+             "quality_tokens": 256, "quality_window": 128, "greedy_tokens": 16},
 }
 
 START = time.perf_counter()
@@ -106,7 +145,7 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for p in ("mlx", "mlx-lm", "mlx-local", "numpy", "transformers", "matplotlib", "llama-cpp-python"):
+    for p in ("mlx", "mlx-lm", "mlx-local", "numpy", "transformers", "matplotlib", "gguf"):
         try:
             out[p] = version(p)
         except PackageNotFoundError:
@@ -221,13 +260,28 @@ def main() -> None:
     ap.add_argument("--no-chat", action="store_true", help="skip chat_ttft")
     ap.add_argument("--no-structured", action="store_true", help="skip structured (the cost of a JSON schema)")
     ap.add_argument("--no-blas-off", action="store_true", help="skip the MLX_LOCAL_BLAS=off subprocess")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="skip the native modes / llama.cpp / targets / int8 quality phase (peer.py)")
+    ap.add_argument("--no-llama", action="store_true", help="in that phase, do not build or run llama.cpp")
+    ap.add_argument("--peer-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help='override settings of that phase, e.g. repeats=2 lengths=[128] (values in JSON)')
+    ap.add_argument("--peer-only", action="store_true",
+                    help="only that phase (on the two 4-bit configurations), into benchmarks/results/peer/")
     args = ap.parse_args()
+    if args.peer_only:
+        args.no_chat = args.no_structured = args.no_blas_off = True
 
     plan = dict(QUICK if args.quick else FULL)
     for k in ("repeats", "lengths", "decode_tokens", "slow_cap", "scaling_lengths", "kv_lengths"):
         if getattr(args, k) is not None:
             plan[k] = getattr(args, k)
-    out_dir = args.out or (common.RESULTS / "quick" if args.quick else common.RESULTS)
+    plan["peer"] = dict(plan["peer"])
+    for item in args.peer_set:
+        k, _, v = item.partition("=")
+        if k not in plan["peer"]:
+            ap.error(f"--peer-set {item}: no setting {k!r}; the settings are {', '.join(plan['peer'])}")
+        plan["peer"][k] = json.loads(v)
+    out_dir = args.out or (common.RESULTS / ("quick" if args.quick else "") / ("peer" if args.peer_only else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     common.RESULTS = out_dir  # chat_ttft and structured write through common.write
     json_path = out_dir / "run.json"
@@ -266,13 +320,13 @@ def main() -> None:
     log(f"memory bandwidth: {bw['gb_per_s']:.1f} GB/s ({bw['method']})")
 
     log("model folders (built once, then cached):")
-    cfgs = models.prepare(args.configs, log=log)
+    cfgs = models.prepare(args.configs or (list(peer.CONFIGS) if args.peer_only else None), log=log)
     for c in cfgs:
         log(f"  {c.name:24} {models.folder_bytes(c.folder) / 1e6:7.1f} MB  {c.folder}")
     save("bandwidth and model folders")
 
     # Speed and memory per configuration.
-    for c in cfgs:
+    for c in [] if args.peer_only else cfgs:
         settings = plan
         log(f"{c.label}: prompt lengths {settings['lengths']}, {settings['decode_tokens']} decoded tokens, "
             f"{settings['repeats']} rounds")
@@ -288,25 +342,29 @@ def main() -> None:
         print(header(settings["lengths"]))
         print("\n".join(summarize(rec, settings["lengths"])), flush=True)
 
-    # llama.cpp on the same GGUF as the 4-bit SmolLM2 configuration.
     gguf_cfg = next((c for c in cfgs if c.name == "smollm2-135m-4bit"), None)
-    if gguf_cfg is not None:
-        log("llama.cpp reference row:")
-        tok = mlx_local.Model.load(gguf_cfg.folder, progress=False).tokenizer
-        row = speed.llama_cpp_row(gguf_cfg.source_file, lengths=plan["lengths"], decode_tokens=plan["decode_tokens"],
-                                  repeats=plan["repeats"], tokenizer=tok, log=log)
-        row["config"] = gguf_cfg.name
-        data["llama_cpp"] = row
-        save("llama.cpp")
+
+    # Issue 14: the native kernel modes against the pure-MLX path and llama.cpp, the targets, int8's quality.
+    if not args.no_peer:
+        data["peer"] = {}
+
+        def peer_saved() -> None:
+            data["targets"] = targets.check(data["peer"])
+            save()
+
+        peer.phase(cfgs, plan["peer"], no_llama=args.no_llama, log=log, out=data["peer"], saved=peer_saved)
+        data["targets"] = targets.check(data["peer"])
+        save("peer (native modes, llama.cpp, targets)")
 
     # Scaling with the prompt, and the 4-bit KV cache.
     scaling_folder = gguf_cfg.folder if gguf_cfg else cfgs[0].folder
-    log(f"context scaling (mlx_local, {scaling_folder.name}): {plan['scaling_lengths']}, "
-        f"4-bit KV cache at {plan['kv_lengths']}")
-    data["scaling"] = memory.scaling(scaling_folder, label=gguf_cfg.label if gguf_cfg else cfgs[0].label, lengths=plan["scaling_lengths"],
-                                     generate=plan["scaling_generate"], repeats=plan["scaling_repeats"],
-                                     kv_lengths=plan["kv_lengths"], log=log)
-    save("scaling")
+    if not args.peer_only:
+        log(f"context scaling (mlx_local, {scaling_folder.name}): {plan['scaling_lengths']}, "
+            f"4-bit KV cache at {plan['kv_lengths']}")
+        data["scaling"] = memory.scaling(scaling_folder, label=gguf_cfg.label if gguf_cfg else cfgs[0].label,
+                                         lengths=plan["scaling_lengths"], generate=plan["scaling_generate"],
+                                         repeats=plan["scaling_repeats"], kv_lengths=plan["kv_lengths"], log=log)
+        save("scaling")
 
     # What OpenBLAS is worth (CPU only): the same small run in two subprocesses,
     # with OpenBLAS and with MLX's bundled BLAS (the BLAS is chosen once per process).
@@ -357,8 +415,12 @@ def main() -> None:
     save()
     written = [json_path]
     try:
-        written.append(charts.tokens_per_second(data, out_dir / "tokens_per_second.png"))
-        written.append(charts.context_scaling(data, out_dir / "context_scaling.png"))
+        if data["configs"]:
+            written.append(charts.tokens_per_second(data, out_dir / "tokens_per_second.png"))
+        if "scaling" in data:
+            written.append(charts.context_scaling(data, out_dir / "context_scaling.png"))
+        if "peer" in data:
+            written.append(charts.peer(data, out_dir / "native_vs_llama_cpp.png"))
     except ImportError:
         log("no charts: matplotlib is not installed (pip install -e '.[bench]')")
 
@@ -374,12 +436,10 @@ def main() -> None:
               f"high-water {rss['rss_max'] / 2**20:.0f} MiB)")
         print(header(rec["settings"]["lengths"]))
         print("\n".join(summarize(rec, rec["settings"]["lengths"])))
-    if "llama_cpp" in data:
-        row = data["llama_cpp"]
-        print("\nllama.cpp: " + (row["note"] if not row.get("available") else
-                                 f"{row['version']}, decode {fmt(row['decode_tps'], '.2f')} tok/s, by prompt "
-                                 + ", ".join(f"{v['prompt_tokens']}: {v['prompt_tps']:.1f} tok/s"
-                                             for v in row["by_prompt"].values())))
+    if "peer" in data:
+        print(peer.summary(data["peer"]))
+        print("\ntargets (issue 14):")
+        print(targets.table(data["targets"]))
     print("\nwrote " + ", ".join(str(p) for p in written)
           + ("" if args.no_chat else f", {out_dir / 'chat_ttft.json'}, {out_dir / 'chat_ttft.png'}")
           + ("" if args.no_structured else f", {out_dir / 'structured.json'}, {out_dir / 'structured.png'}"))

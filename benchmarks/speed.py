@@ -217,65 +217,6 @@ def bench_config(
     return out
 
 
-# --------------------------------------------------------------- llama.cpp
-
-
-def llama_cpp_row(gguf: Path, *, lengths: list[int], decode_tokens: int, repeats: int,
-                  tokenizer: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """A reference row with llama.cpp on the same GGUF, if llama-cpp-python is installed."""
-    try:
-        import llama_cpp
-    except ImportError:
-        note = "llama-cpp-python not installed: no llama.cpp row"
-        log(f"  {note}")
-        return {"available": False, "note": note}
-    version = getattr(llama_cpp, "__version__", "?")
-    out: dict[str, Any] = {"available": True, "version": version, "gguf": str(gguf), "n_threads": 2, "runs": {}}
-    load_times = []
-    llm = None
-    for _ in range(repeats):
-        llm = None
-        gc.collect()
-        t = time.perf_counter()
-        llm = llama_cpp.Llama(model_path=str(gguf), n_threads=2, n_ctx=max(lengths) + decode_tokens + 16,
-                              verbose=False)
-        load_times.append(time.perf_counter() - t)
-    out["load_seconds"] = med(load_times)
-    assert llm is not None
-    items = [(lengths[0], decode_tokens)] + [(n, 1) for n in lengths[1:]]
-    for r in range(repeats):
-        for p, g in items:
-            ids = prompt_ids(tokenizer, p)
-            llm.reset()
-            start = time.perf_counter()
-            first = None
-            n = 0
-            # generate() does not stop at EOS by itself: exactly g tokens, greedy.
-            for _tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-                n += 1
-                if first is None:
-                    first = time.perf_counter()
-                if n >= g:
-                    break
-            end = time.perf_counter()
-            first = first or end
-            run = {"prompt_tokens": p, "generated": n, "ttft": first - start, "prompt_tps": p / (first - start),
-                   "decode_tps": (n - 1) / (end - first) if n > 1 else None, "total": end - start}
-            out["runs"].setdefault(key(p, g), []).append(run)
-            log(f"  round {r + 1}/{repeats} llama.cpp    prompt {p:5}: TTFT {run['ttft']:7.2f} s "
-                f"({run['prompt_tps']:7.1f} tok/s)" + (f", decode {run['decode_tps']:.2f} tok/s" if n > 1 else ""))
-    out["by_prompt"] = {
-        k: {"prompt_tokens": v[0]["prompt_tokens"], "generated": v[0]["generated"], "ttft": med([x["ttft"] for x in v]),
-            "prompt_tps": med([x["prompt_tps"] for x in v]), "decode_tps": med([x["decode_tps"] for x in v]),
-            "repeats": len(v)}
-        for k, v in out["runs"].items()
-    }
-    out["decode_tps"] = out["by_prompt"][key(*items[0])]["decode_tps"]
-    del llm
-    gc.collect()
-    return out
-
-
 # ---------------------------------------------------- MLX's own BLAS (probe)
 
 

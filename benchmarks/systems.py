@@ -45,7 +45,7 @@ LABELS = {
     "mlx_local": "mlx_local (defaults)",
     "mlx_lm_ours": "mlx-lm + our settings",
     "mlx_lm": "mlx-lm defaults",
-    "llama_cpp": "llama.cpp (n_threads=2)",
+    "llama_cpp": "llama.cpp (llama-bench, 2 threads)",
 }
 
 

@@ -175,31 +175,44 @@ _LAYER = re.compile(r"layers\.\d+\.")
 
 @dataclass(frozen=True)
 class _Dequant:
-    """What dequantizing a quantized model's layers for a prefill chunk costs on the CPU, in bytes."""
+    """What dequantizing a quantized model's layers for a prefill chunk costs on the CPU, in bytes.
 
-    held: tuple[int, ...]  # per layer, held through a chunk of one token
-    peak: int  # one layer's MLP at its peak
-    with_scores: bool  # that peak comes on top of the attention scores (not after them)
-    native_rows: int = 0  # chunks of at most this many tokens go to the native kernels: nothing is dequantized
+    Per layer, its MLP's matrices as (bits, elements, native row limit): a chunk of at most that many
+    tokens goes to the native kernels for that matrix (0: never), which dequantize nothing.
+    """
+
+    layers: tuple[tuple[tuple[int, int, int], ...], ...]
+    dtype_bytes: int
+
+    def _active(self, chunk: int) -> list[list[tuple[int, int]]]:
+        return [[(b, n) for b, n, limit in mlp if chunk > limit] for mlp in self.layers]
+
+    def peak_for(self, chunk: int) -> int:
+        """One layer's MLP at its dequantizing peak, for a chunk of ``chunk`` tokens (0: nothing dequantized)."""
+        return int(max((sum(_DEQUANT_PEAK.get(b, 2) * n for b, n in mlp) for mlp in self._active(chunk)), default=0)
+                   * self.dtype_bytes)  # fmt: skip
+
+    def with_scores_for(self, chunk: int) -> bool:
+        """Whether that peak comes on top of the attention scores (several ops: 3, 5, 6 bits), not after them."""
+        return any(b not in _DEQUANT_HELD for mlp in self._active(chunk) for b, _ in mlp)
 
     def held_for(self, chunk: int, vector_bytes: int) -> int:
         """Bytes held through a chunk of ``chunk`` tokens whose hidden vectors are ``vector_bytes`` each."""
         less = int(_DEQUANT_HELD_LESS * chunk * vector_bytes)
-        return sum(max(0, h - less) for h in self.held)
+        held = (int(sum(_DEQUANT_HELD.get(b, 0) * n for b, n in mlp) * self.dtype_bytes) for mlp in self._active(chunk))
+        return sum(max(0, h - less) for h in held)
 
 
 def _dequant_work(config: dict[str, Any], weights: Iterable[Weight], dtype_bytes: int, bits: int | None,
                   group_size: int) -> _Dequant | None:
     """The dequantizing cost of ``weights`` (quantized to ``bits`` if given), from each layer's MLP."""
     weights = list(weights)
-    layers: dict[int, list[tuple[int, int]]] = {}
-    widths: set[tuple[int, int]] = set()  # (bits, input width) of the MLP's matrices
+    layers: dict[int, list[tuple[int, int, int]]] = {}  # (bits, elements, input width)
     for w in weights:
         b = bits if bits is not None and (w.bits is not None or quantizable(w, group_size)) else w.bits
         m = _MLP.search(w.name)
         if b and m and len(w.shape) == 2:
-            layers.setdefault(int(m.group(1)), []).append((b, w.numel))
-            widths.add((b, w.shape[-1]))
+            layers.setdefault(int(m.group(1)), []).append((b, w.numel, w.shape[-1]))
     if not layers and not any(_LAYER.search(w.name) for w in weights):
         # The catalog's summary: every layer's MLP at the model's bits, its size from the config or the body's.
         b = bits or next((w.bits for w in weights if w.bits), None)
@@ -212,29 +225,28 @@ def _dequant_work(config: dict[str, Any], weights: Iterable[Weight], dtype_bytes
         body = sum(w.numel for w in weights if not w.name.endswith(("embed_tokens.weight", "lm_head.weight")))
         attention = 2 * hidden * (heads + kv_heads) * head_dim
         inter = cfg.get("intermediate_size")
-        mlp = 3 * hidden * int(inter) if inter else max(0, body // n - attention)
-        layers = {i: [(b, mlp)] for i in range(n)}
-        widths = {(b, hidden), (b, int(inter or hidden))}
+        if inter:  # gate and up read the hidden size, down the intermediate one
+            mlp = [(b, 2 * hidden * int(inter), hidden), (b, hidden * int(inter), int(inter))]
+        else:
+            mlp = [(b, max(0, body // n - attention), hidden)]
+        layers = {i: mlp for i in range(n)}
     if not layers:
         return None
-    held = tuple(int(sum(_DEQUANT_HELD.get(b, 0) * size for b, size in mlp) * dtype_bytes) for mlp in layers.values())
-    peak = max(sum(_DEQUANT_PEAK.get(b, 2) * size for b, size in mlp) for mlp in layers.values())
-    with_scores = any(b not in _DEQUANT_HELD for mlp in layers.values() for b, _ in mlp)
-    return _Dequant(held, int(peak * dtype_bytes), with_scores, _native_rows(widths))
+    limit = _native_limit()
+    return _Dequant(tuple(tuple((b, size, limit(b, k)) for b, size, k in mlp) for mlp in layers.values()), dtype_bytes)
 
 
-def _native_rows(widths: set[tuple[int, int]]) -> int:
-    """Up to how many rows every one of these (bits, input width) layers runs on the native kernels (0: none do)."""
+def _native_limit() -> Any:
+    """``limit(bits, input_width)``: up to how many rows the native kernels take such a matrix (0: they do not)."""
     from . import _cpu_kernels as ck
-
-    mode = ck.native_mode() if widths else "off"
-    if mode == "off":
-        return 0
     from ._native import supports
 
-    if not all(supports(b, 64, k) for b, k in widths):
-        return 0
-    return min(ck.native_row_limit(k, b, mode) for b, k in widths)
+    mode = ck.native_mode()
+
+    def limit(bits: int, k: int) -> int:
+        return ck.native_row_limit(k, bits, mode) if mode != "off" and supports(bits, 64, k) else 0
+
+    return limit
 
 
 def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized: bool, on_gpu: bool,
@@ -289,9 +301,9 @@ def _overhead(config: dict[str, Any], context: int, dtype_bytes: int, quantized:
         scores = 0 if on_gpu else heads * chunk * keys * 4 + chunk * keys + 2 * chunk * heads * head_dim * 4
         activations = rows * chunk * hidden * dtype_bytes
         work = scores
-        if dequant is not None and chunk >= 2 and chunk > dequant.native_rows:
+        if dequant is not None and chunk >= 2 and (dequantized := dequant.peak_for(chunk)):
             held = dequant.held_for(chunk, hidden * dtype_bytes)
-            work = held + (scores + dequant.peak if dequant.with_scores else max(scores, dequant.peak))
+            work = held + (scores + dequantized if dequant.with_scores_for(chunk) else max(scores, dequantized))
         peak = max(peak, kv + activations + work)
         done = seen
     return max(0, peak - final_kv)

@@ -68,7 +68,7 @@ import mlx.nn as nn
 from . import _native
 from .errors import InvalidOptionError
 
-__all__ = ["optimize_for_cpu", "native_status", "set_native_mode", "native_row_limit", "native_mode", "PREFILL_ROWS", "SPLIT_ROWS"]
+__all__ = ["optimize_for_cpu", "swap_classes", "native_status", "set_native_mode", "native_row_limit", "native_mode", "PREFILL_ROWS", "SPLIT_ROWS"]
 
 #: Without the native kernels: with at least this many input rows, dequantize and use BLAS.
 PREFILL_ROWS = 2
@@ -215,19 +215,23 @@ class CPUQuantizedEmbedding(nn.QuantizedEmbedding):  # type: ignore[misc]
         return _qmm(x, self)
 
 
+def swap_classes(module: nn.Module, classes: dict[type, type]) -> int:
+    """Give each submodule whose exact type is a key of ``classes`` the class it maps to, in place; how many."""
+    swapped = 0
+    for _, m in module.named_modules():
+        cls = classes.get(type(m))
+        if cls is not None:
+            m.__class__ = cls
+            swapped += 1
+    return swapped
+
+
 def optimize_for_cpu(module: nn.Module) -> int:
     """Swap ``module``'s affine quantized layers for the CPU versions, in place.
 
     Returns how many layers were swapped.
     """
-    swapped = 0
-    for _, m in module.named_modules():
-        if type(m) is nn.QuantizedLinear:
-            m.__class__ = CPUQuantizedLinear
-            swapped += 1
-        elif type(m) is nn.QuantizedEmbedding:
-            m.__class__ = CPUQuantizedEmbedding
-            swapped += 1
+    swapped = swap_classes(module, {nn.QuantizedLinear: CPUQuantizedLinear, nn.QuantizedEmbedding: CPUQuantizedEmbedding})
     from ._cpu_fused import install  # fused RMSNorm, RoPE and attention (issue 14's floor)
 
     install(module)

@@ -361,15 +361,10 @@ def optimize_sharded_for_cpu(module: Any) -> int:
     """
     import mlx.nn as nn
 
-    swapped = 0
-    for _, m in module.named_modules():
-        if type(m) is nn.QuantizedAllToShardedLinear:
-            m.__class__ = CPUQuantizedAllToShardedLinear
-            swapped += 1
-        elif type(m) is nn.QuantizedShardedToAllLinear:
-            m.__class__ = CPUQuantizedShardedToAllLinear
-            swapped += 1
-    return swapped
+    from ._cpu_kernels import swap_classes
+
+    return swap_classes(module, {nn.QuantizedAllToShardedLinear: CPUQuantizedAllToShardedLinear,
+                                 nn.QuantizedShardedToAllLinear: CPUQuantizedShardedToAllLinear})  # fmt: skip
 
 
 def _cpu_classes() -> tuple[type, type]:

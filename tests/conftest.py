@@ -140,3 +140,24 @@ def put_in_hf_cache(repo_id: str, folder: Path, *, revision: str = "main", commi
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return snapshot
+
+
+def native_module():
+    """mlx_local's native extension; on Linux x86-64 (unless MLX_LOCAL_NATIVE=off) a missing build fails, naming why."""
+    import platform
+    import sys
+
+    from mlx_local import _native
+
+    native = _native.load()
+    if native.module is None:
+        if sys.platform.startswith("linux") and platform.machine() == "x86_64" and os.environ.get("MLX_LOCAL_NATIVE") != "off":
+            pytest.fail(f"the native kernels should be built and loaded here: {native.reason}", pytrace=False)
+        pytest.skip(native.reason)  # another platform: the kernels are not built there
+    return native.module
+
+
+@pytest.fixture(scope="module")
+def ext():
+    """The native extension (see :func:`native_module`)."""
+    return native_module()

@@ -9,8 +9,6 @@ with keys and values strided like mlx-lm's KV cache slices.
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 
 import mlx.core as mx
@@ -18,20 +16,10 @@ import numpy as np
 import pytest
 
 import mlx_local
-from mlx_local import _cpu_fused, _cpu_kernels, _native
+from mlx_local import _cpu_fused, _cpu_kernels
 
 # float32: the kernels compute in float32 (the reference in float64); others: the input's rounding
 TOL = {mx.float32: 2e-5, mx.bfloat16: 2e-2, mx.float16: 3e-3}
-
-
-@pytest.fixture(scope="module")
-def ext():
-    native = _native.load()
-    if native.module is None:
-        if sys.platform.startswith("linux") and platform.machine() == "x86_64" and os.environ.get("MLX_LOCAL_NATIVE") != "off":
-            pytest.fail(f"the native kernels should be built and loaded here: {native.reason}", pytrace=False)
-        pytest.skip(native.reason)
-    return native.module
 
 
 def _f64(a: mx.array) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -21,23 +20,13 @@ import pytest
 import mlx_local
 from mlx_local import _cpu_kernels, _native
 
+from conftest import native_module
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB = Path(mlx_local.__file__).parent / "_native_lib"
 RECORD = LIB / "_native_build.json"
 
 
-def _native_module():
-    native = _native.load()
-    if native.module is None:
-        if sys.platform.startswith("linux") and platform.machine() == "x86_64" and os.environ.get("MLX_LOCAL_NATIVE") != "off":
-            pytest.fail(f"the native kernels should be built and loaded here: {native.reason}", pytrace=False)
-        pytest.skip(native.reason)
-    return native.module
-
-
-@pytest.fixture(scope="module")
-def ext():
-    return _native_module()
 
 
 def _quantized(n: int, k: int, bits: int, group_size: int, scale_dtype=mx.float32, seed: int = 0):
@@ -222,7 +211,7 @@ def test_native_status_says_which_kernels_run(ext):
 
 
 def _copy_build(tmp_path: Path) -> Path:
-    _native_module()
+    native_module()
     folder = tmp_path / "lib"
     shutil.copytree(LIB, folder)
     return folder

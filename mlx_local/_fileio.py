@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import MLXLocalError, StorageError
+from .errors import InvalidOptionError, MLXLocalError, StorageError
 
 __all__ = [
     "DestinationExists",
     "Stage",
     "clear_stale",
+    "copy_model_folder",
     "pid_alive",
     "replace_dir",
     "sha256_of",
@@ -198,3 +199,18 @@ def staged_folder(dest: Path, *, overwrite: bool = False, commit: bool = True) -
             stage.commit()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def copy_model_folder(src: Path, dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Copy the model folder ``src`` to ``dest``, which appears only when complete (``Model.save``)."""
+
+    dest = Path(dest).expanduser().resolve()
+    with storage_errors(dest, "save the model"):
+        clear_stale(dest)  # (first: a dest moved aside by a killed save is put back)
+        if dest.exists() and not overwrite:
+            raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
+        if dest == src or src in dest.parents:
+            raise InvalidOptionError(f"{dest} is inside the model's own folder {src}.", option="dest")
+        with staged_folder(dest, overwrite=overwrite) as stage:
+            shutil.copytree(src, stage.folder, dirs_exist_ok=True)
+    return dest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
@@ -497,15 +496,6 @@ class Model:
             StorageError: the folder could not be written (disk full,
                 permissions); ``dest`` is left as it was.
         """
-        from ._fileio import clear_stale, staged_folder, storage_errors
+        from ._fileio import copy_model_folder
 
-        dest = Path(dest).expanduser().resolve()
-        with storage_errors(dest, "save the model"):
-            clear_stale(dest)  # (first: a dest moved aside by a killed save is put back)
-            if dest.exists() and not overwrite:
-                raise InvalidOptionError(f"{dest} already exists; pass overwrite=True to replace it.", option="dest")
-            if dest == self.path or self.path in dest.parents:
-                raise InvalidOptionError(f"{dest} is inside the model's own folder {self.path}.", option="dest")
-            with staged_folder(dest, overwrite=overwrite) as stage:
-                shutil.copytree(self.path, stage.folder, dirs_exist_ok=True)
-        return dest
+        return copy_model_folder(self.path, dest, overwrite=overwrite)

@@ -188,7 +188,7 @@ void RoPEOp::eval_gpu(const std::vector<mx::array>&, mx::array&) {
 // ------------------------------------------------------------------ attention
 
 mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,
-               const std::optional<mx::array>& mask) {
+               const std::optional<mx::array>& mask, bool flat) {
   for (const mx::array* a : {&q, &k, &v})
     if (a->ndim() != 4 || !is_float(a->dtype()))
       fail("sdpa", std::string(a == &q ? "q" : a == &k ? "k" : "v") + " must be a 4-D float array, got shape " +
@@ -226,18 +226,24 @@ mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float
     }
     in.push_back(m);
   }
-  auto y = mx::array(q.shape(), mx::float32, std::make_shared<SdpaOp>(st, scale, kind), in);
+  auto shape = flat ? mx::Shape{B, Lq, Hq * D} : q.shape();
+  auto y = mx::array(shape, mx::float32, std::make_shared<SdpaOp>(st, scale, kind, flat), in);
   return q.dtype() == mx::float32 ? y : mx::astype(y, q.dtype(), st);
 }
 
 void SdpaOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   // [B, Hq, Lq, D] with the memory of [B, Lq, Hq, D] (what the kernel writes)
-  const int64_t Hq = out.shape(1), Lq = out.shape(2), D = out.shape(3);
-  mx::array::Flags flags;
-  flags.contiguous = true;
-  flags.row_contiguous = Hq == 1 || Lq == 1;
-  flags.col_contiguous = out.size() <= 1;
-  out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), mx::Strides{Lq * Hq * D, D, Hq * D, 1}, flags);
+  // (flat: [B, Lq, Hq * D], the same memory)
+  const int64_t Hq = inputs[0].shape(1), Lq = inputs[0].shape(2), D = inputs[0].shape(3);
+  if (flat_) {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+  } else {
+    mx::array::Flags flags;
+    flags.contiguous = true;
+    flags.row_contiguous = Hq == 1 || Lq == 1;
+    flags.col_contiguous = out.size() <= 1;
+    out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), mx::Strides{Lq * Hq * D, D, Hq * D, 1}, flags);
+  }
   auto& enc0 = mx::cpu::get_command_encoder(stream());
   for (auto& a : inputs) enc0.set_input_array(a);
   enc0.set_output_array(out);

@@ -81,8 +81,28 @@ def _mode() -> str:
     return "f32" if _cpu_kernels._mode == "exact" else "int8"
 
 
-def _projections(ext: Any, x: mx.array, attn: Any) -> list[mx.array] | None:
-    """q, k, v as ``[B, heads, L, head_dim]`` (one native op), or None where it does not apply."""
+def _rope_args(attn: Any, cache: Any) -> dict[str, Any] | None:
+    """The RoPE (and qwen3 head norms) of q and k as arguments of the native op, or None if it cannot do them."""
+    rope, offset = attn.rope, 0 if cache is None else cache.offset
+    if type(offset) is not int:  # batched caches: an array of offsets
+        return None
+    if type(rope) is _cpu_fused.CPURoPE:
+        args: dict[str, Any] = {"rope_base": float(rope.base), "rope_scale": float(rope.scale)}
+    elif isinstance(rope, _cpu_fused._FreqsRoPE):
+        args = {"rope_freqs": rope._freqs}
+    else:
+        return None
+    args.update(rope_dims=rope.dims, rope_traditional=bool(rope.traditional), rope_offset=offset)
+    if attn.qk_norms:
+        norms = (attn.q_norm, attn.k_norm)
+        if any(type(n) is not _cpu_fused.CPURMSNorm or n["weight"].dtype != mx.float32 for n in norms):
+            return None
+        args.update(qk_norms=[n["weight"] for n in norms], norm_eps=[float(n.eps) for n in norms])
+    return args
+
+
+def _projections(ext: Any, x: mx.array, attn: Any, rope: dict[str, Any] | None) -> list[mx.array] | None:
+    """q, k, v as ``[B, heads, L, head_dim]`` (one native op; with ``rope``, q and k rotated), or None."""
     layers = (attn.q_proj, attn.k_proj, attn.v_proj)
     if x.ndim != 3 or not _alike(x, layers):
         return None
@@ -97,22 +117,25 @@ def _projections(ext: Any, x: mx.array, attn: Any) -> list[mx.array] | None:
         first.group_size,
         first.bits,
         _mode(),
+        **(rope or {}),
     )
     return outs
 
 
-def _attention_rows(attn: Any, qkv: list[mx.array], mask: Any, cache: Any) -> mx.array:
-    """mlx-lm's attention from the projected, transposed q, k, v to o_proj's input ``[B, L, heads * head_dim]``."""
+def _qkv_rows(ext: Any, x: mx.array, attn: Any, mask: Any, cache: Any) -> mx.array | None:
+    """mlx-lm's attention up to o_proj's input ``[B, L, heads * head_dim]``, or None where the native op does not apply."""
+    rope = _rope_args(attn, cache)
+    qkv = _projections(ext, x, attn, rope)
+    if qkv is None:
+        return None
     queries, keys, values = qkv
-    if attn.qk_norms:  # qwen3; the norms are over head_dim: the same on [B, heads, L, D] as on [B, L, heads, D]
-        queries, keys = attn.q_norm(queries), attn.k_norm(keys)
+    if rope is None:
+        if attn.qk_norms:  # qwen3; over head_dim: the same on [B, heads, L, D] as on [B, L, heads, D]
+            queries, keys = attn.q_norm(queries), attn.k_norm(keys)
+        offset = 0 if cache is None else cache.offset
+        queries, keys = attn.rope(queries, offset=offset), attn.rope(keys, offset=offset)
     if cache is not None:
-        queries = attn.rope(queries, offset=cache.offset)
-        keys = attn.rope(keys, offset=cache.offset)
         keys, values = cache.update_and_fetch(keys, values)
-    else:
-        queries = attn.rope(queries)
-        keys = attn.rope(keys)
     return _cpu_fused.attention_rows(queries, keys, values, cache, attn.scale, mask)
 
 
@@ -138,20 +161,20 @@ class FusedAttention(nn.Module):  # type: ignore[misc]
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
         ext = _ext()
-        qkv = None if ext is None else _projections(ext, x, self)
-        if qkv is None:
+        rows = None if ext is None else _qkv_rows(ext, x, self, mask, cache)
+        if rows is None:
             out: mx.array = super().__call__(x, mask, cache)
             return out
-        y: mx.array = self.o_proj(_attention_rows(self, qkv, mask, cache))
+        y: mx.array = self.o_proj(rows)
         return y
 
     def with_residual(self, ext: Any, x: mx.array, mask: Any, cache: Any, residual: mx.array, norm: Any) -> tuple[mx.array, mx.array]:
         """``h = residual + self(x, mask, cache)`` and ``norm(h)``, o_proj, the add and the norm as one op."""
-        qkv = _projections(ext, x, self)
-        if qkv is None:
-            h = residual + self(x, mask, cache)
+        rows = _qkv_rows(ext, x, self, mask, cache)
+        if rows is None:
+            h = residual + super().__call__(x, mask, cache)
             return h, norm(h)
-        h, hn = _residual(ext, _attention_rows(self, qkv, mask, cache), self.o_proj, residual, norm)
+        h, hn = _residual(ext, rows, self.o_proj, residual, norm)
         assert hn is not None
         return h, hn
 

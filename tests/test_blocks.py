@@ -58,6 +58,34 @@ def test_multi_is_the_separate_matmuls_bit_for_bit(ext, bits, mode, shape):
     assert err < (1e-5 if mode == "f32" else 0.05)
 
 
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("length,offset", [(1, 17), (6, 0), (3, 40)])
+@pytest.mark.parametrize("kind", ["base", "freqs", "norms"])
+def test_multi_rope_epilogue_is_the_norms_and_rope_ops_bit_for_bit(ext, traditional, length, offset, kind):
+    x = mx.random.normal((2, length, 128), key=mx.random.key(3))
+    heads, d = (4, 2, 2), 32
+    p = [_weights(h * d, 128, 4, seed=10 + i) for i, h in enumerate(heads)]
+    plain = ext.quantized_matmul_multi(x, [q[0] for q in p], [q[1] for q in p], [q[2] for q in p], [None] * 3,
+                                       list(heads), 64, 4, "f32")  # fmt: skip
+    freqs = mx.random.uniform(shape=(12,), key=mx.random.key(4)) * 100 + 1
+    norms = [mx.random.uniform(shape=(d,), key=mx.random.key(5 + i)) + 0.5 for i in range(2)]
+    extra: dict[str, object] = {"rope_freqs": freqs} if kind == "freqs" else {"rope_base": 10000.0, "rope_scale": 0.5}
+    if kind == "norms":
+        extra.update(qk_norms=norms, norm_eps=[1e-6, 1e-5])
+    fused = ext.quantized_matmul_multi(x, [q[0] for q in p], [q[1] for q in p], [q[2] for q in p], [None] * 3,
+                                       list(heads), 64, 4, "f32", rope_dims=24, rope_traditional=traditional,
+                                       rope_offset=offset, **extra)  # fmt: skip
+    for i in range(2):
+        y = ext.rms_norm(plain[i], norms[i], [1e-6, 1e-5][i]) if kind == "norms" else plain[i]
+        if kind == "freqs":
+            expected = ext.rope(y, 24, traditional, None, 1.0, offset, freqs)
+        else:
+            expected = ext.rope(y, 24, traditional, 10000.0, 0.5, offset)
+        assert fused[i].shape == expected.shape
+        assert mx.array_equal(fused[i], expected).item(), i
+    assert mx.array_equal(fused[2], plain[2]).item()
+
+
 def test_multi_flat_outputs_and_strided_input(ext):
     """heads 0: plain [..., N] outputs; a transposed (non-contiguous) x is read as its values."""
     x = mx.random.normal((5, 3, 128), key=mx.random.key(1)).transpose(1, 0, 2)
@@ -157,11 +185,11 @@ def _logits(model: mlx_local.Model, ids: list[int], blocks: bool) -> np.ndarray:
         _cpu_blocks._enabled = previous
 
 
-def _quantized_tiny(tmp_path: Path, arch: str, bias: bool = False) -> mlx_local.Model:
+def _quantized_tiny(tmp_path: Path, arch: str, bias: bool = False, **config: object) -> mlx_local.Model:
     """A tiny model quantized to 4 bits; ``bias``: q, k and v with biases, as qwen2's."""
     from tiny_models import write_tiny_model
 
-    model = mlx_local.Model.load(write_tiny_model(tmp_path / arch, arch))
+    model = mlx_local.Model.load(write_tiny_model(tmp_path / arch, arch, **config))
     if bias:
         for i, layer in enumerate(model.module.model.layers):
             for j, p in enumerate((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)):
@@ -171,9 +199,15 @@ def _quantized_tiny(tmp_path: Path, arch: str, bias: bool = False) -> mlx_local.
     return model
 
 
-@pytest.mark.parametrize("arch,bias", [("llama", False), ("qwen3", False), ("llama", True)])
-def test_tiny_models_give_the_unfused_logits_with_fewer_ops(ext, tmp_path, arch, bias):
-    model = _quantized_tiny(tmp_path, arch, bias)
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "arch,bias,config", [("llama", False, {}), ("qwen3", False, {}), ("llama", True, {"rope_scaling": LLAMA3_ROPE})]
+)
+def test_tiny_models_give_the_unfused_logits_with_fewer_ops(ext, tmp_path, arch, bias, config):
+    model = _quantized_tiny(tmp_path, arch, bias, **config)
     kinds = {type(m).__name__ for _, m in model.module.named_modules()}
     assert {"CPUAttention", "CPUMLP"} <= kinds, kinds
     ids = [(i * 37) % 1000 + 10 for i in range(12)]
@@ -187,7 +221,7 @@ def test_tiny_models_give_the_unfused_logits_with_fewer_ops(ext, tmp_path, arch,
     ops = _ops(model, ids)
     layers = model.module.args.num_hidden_layers
     assert ops["MLXLocalQuantizedMulti"] == ops["MLXLocalQuantizedSwiGLU"] == layers, ops
-    assert ops["MLXLocalQuantizedResidual"] == 2 * layers, ops
+    assert ops["MLXLocalQuantizedResidual"] == 2 * layers and ops["MLXLocalRoPE"] == 0, ops
     _cpu_blocks._enabled = False
     try:
         plain_ops = _ops(model, ids)

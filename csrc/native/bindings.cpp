@@ -21,8 +21,12 @@ NB_MODULE(_native_ext, m) {
   m.def("quantized_matmul", &mlxl::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a, "group_size"_a, "bits"_a,
         "mode"_a = "int8", "isa"_a = "auto", "x @ dequantize(w).T for MLX affine quantized weights (CPU).");
   m.def("quantized_matmul_multi", &mlxl::quantized_matmul_multi, "x"_a, "w"_a, "scales"_a, "biases"_a, "bias"_a,
-        "heads"_a, "group_size"_a, "bits"_a, "mode"_a = "int8", "isa"_a = "auto",
-        "x @ dequantize(w[i]).T (+ bias[i]) for each i, one op; heads[i] > 0: [B, heads, L, D] outputs (CPU).");
+        "heads"_a, "group_size"_a, "bits"_a, "mode"_a = "int8", "isa"_a = "auto", "rope_dims"_a = 0,
+        "rope_traditional"_a = false, "rope_base"_a.none() = nb::none(), "rope_scale"_a = 1.f, "rope_offset"_a = 0,
+        "rope_freqs"_a.none() = nb::none(), "qk_norms"_a = std::vector<mlx::core::array>{},
+        "norm_eps"_a = std::vector<float>{},
+        "x @ dequantize(w[i]).T (+ bias[i]) for each i, one op; heads[i] > 0: [B, heads, L, D] outputs; "
+        "rope_dims > 0: q and k (the first two) normed (qk_norms) and rotated as rope() (CPU).");
   m.def("quantized_swiglu", &mlxl::quantized_swiglu, "x"_a, "wg"_a, "sg"_a, "bg"_a, "wu"_a, "su"_a, "bu"_a,
         "group_size"_a, "bits"_a, "mode"_a = "int8", "isa"_a = "auto",
         "silu(x @ dequantize(wg).T) * (x @ dequantize(wu).T), one op (CPU).");

@@ -151,6 +151,13 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
   return x.dtype() == mx::float32 ? y : mx::astype(y, x.dtype(), st);
 }
 
+void rope_inv_freq(int dims, float base, const float* fr, int64_t fs, float* inv) {
+  const int half = dims / 2;
+  // as MLX's composed rope: exp(-i * log(base) / half) in float32, or 1 / freqs
+  const float lb = std::log(base > 0.f ? base : 1.f) / (float)half;
+  for (int i = 0; i < half; ++i) inv[i] = fr ? 1.f / fr[i * fs] : std::exp((float)(-i) * lb);
+}
+
 void RoPEOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   start(out, stream(), inputs);
   View x = view(inputs[0]);
@@ -159,11 +166,8 @@ void RoPEOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   auto& enc = mx::cpu::get_command_encoder(stream());
   enc.dispatch([x, fr, fs, y = out.data<float>(), dims = dims_, trad = traditional_, base = base_, scale = scale_,
                 offset = offset_]() {
-    const int half = dims / 2;
-    std::vector<float> inv(half);
-    // as MLX's composed rope: exp(-i * log(base) / half) in float32, or 1 / freqs
-    const float lb = std::log(base > 0.f ? base : 1.f) / (float)half;
-    for (int i = 0; i < half; ++i) inv[i] = fr ? 1.f / fr[i * fs] : std::exp((float)(-i) * lb);
+    std::vector<float> inv(dims / 2);
+    rope_inv_freq(dims, base, fr, fs, inv.data());
     fk::RopeArgs a;
     a.x = x.p;
     for (int i = 0; i < 4; ++i) a.xs[i] = x.st[i];

@@ -28,6 +28,9 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
 mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,
                const std::optional<mx::array>& mask, bool flat = false);
 
+// RoPE's inverse frequencies as RoPEOp computes them: from base (> 0), else 1 / freqs[i * fs]; inv[dims / 2].
+void rope_inv_freq(int dims, float base, const float* freqs, int64_t fs, float* inv);
+
 class RMSNormOp : public mx::UnaryPrimitive {
  public:
   RMSNormOp(mx::Stream s, float eps) : mx::UnaryPrimitive(s), eps_(eps) {}

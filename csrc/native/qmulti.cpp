@@ -6,6 +6,7 @@
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "fused.h"
 #include "fused_kernels.h"
 #include "mlx/backend/cpu/unary_ops.h"
 #include "pool.h"
@@ -96,12 +97,18 @@ struct Job {
   const float* res;  // KIND_RESIDUAL: [M, N] added to the one projection
 };
 
-// What follows the matmuls: a residual to add, an RMSNorm of the result.
+// What follows the matmuls: a residual to add, an RMSNorm of the result; RoPE of q and k.
 struct Epilogue {
   const float* res = nullptr;     // [M, N] row contiguous
   const float* norm_w = nullptr;  // [N]
   float eps = 0.f;
   float* norm_y = nullptr;        // [M, N]
+  RopeCfg rope;                   // dims > 0: projections 0 and 1 (heads h[i], x [B, L, K])
+  int B = 0, L = 0, h[2] = {0, 0};
+  const float* qk_w[2] = {nullptr, nullptr};
+  const float* freqs = nullptr;
+  int64_t fs = 0;
+  float* rot_y[2] = {nullptr, nullptr};  // the outputs, contiguous [B, h, L, D]
 };
 
 // A's elements in row-major order: its data if row contiguous, else copied into buf.
@@ -192,6 +199,12 @@ void run_multi(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int 
     job.bias.push_back(p.bias);
     total += p.N;
   }
+  thread_local std::vector<float> rot[2];
+  if (ep.rope.dims > 0)  // q and k land in scratch buffers, then normed and rotated into their outputs
+    for (int i = 0; i < 2; ++i) {
+      rot[i].resize((size_t)M * ps[i].N);
+      job.a[i].y = rot[i].data();
+    }
   if (swiglu) {
     up.resize((size_t)M * ps[1].N);
     job.a[1].y = up.data();
@@ -207,12 +220,40 @@ void run_multi(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int 
     parallel_for(body, &job, total, chunk < 64 ? 64 : chunk);
   }
   if (ep.norm_w) fk::rms_norm(ps[0].y, ps[0].N, ep.norm_w, ep.norm_y, M, ps[0].N, ep.eps);  // as MLXLocalRMSNorm
+  if (ep.rope.dims > 0) {
+    std::vector<float> inv(ep.rope.dims / 2);
+    rope_inv_freq(ep.rope.dims, ep.rope.base, ep.freqs, ep.fs, inv.data());
+    for (int i = 0; i < 2; ++i) {
+      const int h = ep.h[i], D = ps[i].N / h;
+      float* t = rot[i].data();  // [B, L, h, D]
+      if (ep.rope.norms) fk::rms_norm(t, D, ep.qk_w[i], t, M * h, D, ep.rope.eps[i]);  // per head, in place
+      fk::RopeArgs a;  // as MLXLocalRoPE on the [B, h, L, D] view
+      a.x = t;
+      a.xs[0] = (int64_t)ep.L * h * D;
+      a.xs[1] = D;
+      a.xs[2] = (int64_t)h * D;
+      a.xs[3] = 1;
+      a.y = ep.rot_y[i];
+      a.B = ep.B;
+      a.H = h;
+      a.L = ep.L;
+      a.D = D;
+      a.dims = ep.rope.dims;
+      a.traditional = ep.rope.traditional;
+      a.scale = ep.rope.scale;
+      a.offset = ep.rope.offset;
+      a.inv_freq = inv.data();
+      fk::rope(a);
+    }
+  }
   if ((size_t)M * K > ((size_t)1 << 20)) {  // as quantized_matmul: a long prompt's buffers are not kept
     std::vector<int8_t>().swap(xq);
     std::vector<float>().swap(dvec);
     std::vector<float>().swap(xf);
     std::vector<float>().swap(xsum);
     std::vector<float>().swap(up);
+    std::vector<float>().swap(rot[0]);
+    std::vector<float>().swap(rot[1]);
   }
 }
 
@@ -258,7 +299,7 @@ void QuantizedMulti::eval_cpu(const std::vector<mx::array>& inputs, std::vector<
   for (size_t i = 0; i < outputs.size(); ++i) {
     auto& out = outputs[i];
     const int h = kind_ == KIND_MULTI ? heads_[i] : 0;
-    if (h > 0) {  // [B, h, L, D] in the memory of [B, L, h, D] (what the kernel writes)
+    if (h > 0 && !(rope_.dims > 0 && i < 2)) {  // [B, h, L, D] in the memory of [B, L, h, D] (what the kernel writes)
       const int64_t L = out.shape(2), D = out.shape(3);
       mx::array::Flags flags;
       flags.contiguous = true;
@@ -272,6 +313,21 @@ void QuantizedMulti::eval_cpu(const std::vector<mx::array>& inputs, std::vector<
     enc.set_output_array(out);
   }
   Epilogue ep;
+  if (kind_ == KIND_MULTI && rope_.dims > 0) {
+    ep.rope = rope_;
+    ep.B = x.shape(0);
+    ep.L = x.shape(1);
+    for (int i = 0; i < 2; ++i) {
+      ep.h[i] = heads_[i];
+      ep.rot_y[i] = outputs[i].data<float>();
+      if (rope_.norms) ep.qk_w[i] = inputs[nb++].data<float>();
+    }
+    if (rope_.base <= 0.f) {
+      ep.freqs = inputs[nb].data<float>();
+      ep.fs = inputs[nb].strides()[0];
+      ++nb;
+    }
+  }
   const float* res = nullptr;
   bool res_contiguous = true;
   std::vector<int> res_shape;
@@ -311,7 +367,12 @@ std::vector<mx::array> quantized_matmul_multi(const mx::array& x, const std::vec
                                               const std::vector<mx::array>& biases,
                                               const std::vector<std::optional<mx::array>>& bias,
                                               const std::vector<int>& heads, int group_size, int bits,
-                                              const std::string& mode_s, const std::string& isa_s) {
+                                              const std::string& mode_s, const std::string& isa_s, int rope_dims,
+                                              bool rope_traditional, std::optional<float> rope_base,
+                                              float rope_scale, int rope_offset,
+                                              const std::optional<mx::array>& rope_freqs,
+                                              const std::vector<mx::array>& qk_norms,
+                                              const std::vector<float>& norm_eps) {
   const char* op = "quantized_matmul_multi";
   const int mode = parse_mode(op, mode_s), isa = parse_isa(isa_s);
   check_common(op, x, group_size, bits, mode, isa);
@@ -341,9 +402,43 @@ std::vector<mx::array> quantized_matmul_multi(const mx::array& x, const std::vec
     shapes.push_back(out_shape(x, N, heads[i]));
   }
   for (auto& e : extra) in.push_back(e);
+  RopeCfg rope;
+  if (rope_dims > 0) {
+    if (n < 2 || heads[0] <= 0 || heads[1] <= 0)
+      fail(op, "rope needs q and k first, with heads > 0");
+    const int D = w[0].shape(0) / heads[0];
+    if (w[1].shape(0) / heads[1] != D || rope_dims % 2 != 0 || rope_dims > D)
+      fail(op, "rope_dims must be even and at most the head dimension " + std::to_string(D) + " of q and k, got " +
+                   std::to_string(rope_dims));
+    if (rope_base.has_value() == rope_freqs.has_value()) fail(op, "give exactly one of rope_base and rope_freqs");
+    if (rope_base && !(*rope_base > 0.f)) fail(op, "rope_base must be positive");
+    if (!qk_norms.empty()) {
+      if (qk_norms.size() != 2 || norm_eps.size() != 2) fail(op, "qk_norms and norm_eps must have 2 entries");
+      for (auto& nw : qk_norms)
+        if (nw.ndim() != 1 || nw.shape(0) != D || !is_float(nw.dtype()))
+          fail(op, "qk_norms must be float arrays of shape (" + std::to_string(D) + ",), got " + shape_str(nw));
+      for (auto& nw : qk_norms) in.push_back(ensure_f32(nw, st));
+      rope.norms = true;
+      rope.eps[0] = norm_eps[0];
+      rope.eps[1] = norm_eps[1];
+    }
+    if (rope_freqs) {
+      if (rope_freqs->ndim() != 1 || rope_freqs->shape(0) != rope_dims / 2)
+        fail(op, "rope_freqs must have shape (" + std::to_string(rope_dims / 2) + ",), got " + shape_str(*rope_freqs));
+      in.push_back(rope_freqs->dtype() == mx::float32 ? *rope_freqs : mx::astype(*rope_freqs, mx::float32, st));
+    }
+    rope.dims = rope_dims;
+    rope.traditional = rope_traditional;
+    rope.base = rope_base ? *rope_base : 0.f;
+    rope.scale = rope_scale;
+    rope.offset = rope_offset;
+  } else if (!qk_norms.empty()) {
+    fail(op, "qk_norms are applied with rope only");
+  }
   auto outs = mx::array::make_arrays(
       shapes, std::vector<mx::Dtype>(n, mx::float32),
-      std::make_shared<QuantizedMulti>(st, group_size, bits, mode, isa, heads, has_bias, KIND_MULTI), in);
+      std::make_shared<QuantizedMulti>(st, group_size, bits, mode, isa, heads, has_bias, KIND_MULTI, false, 0.f, rope),
+      in);
   if (out_dtype != mx::float32)
     for (auto& y : outs) y = mx::astype(y, out_dtype, st);
   return outs;

@@ -203,6 +203,7 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
                "original_max_position_embeddings": 64}  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arch,bias,config", [("llama", False, {}), ("qwen3", False, {}), ("llama", True, {"rope_scaling": LLAMA3_ROPE})]
 )
@@ -231,6 +232,7 @@ def test_tiny_models_give_the_unfused_logits_with_fewer_ops(ext, tmp_path, arch,
     assert sum(ops.values()) < sum(plain_ops.values()) - 10 * layers, (ops, plain_ops)
 
 
+@pytest.mark.slow
 def test_fused_blocks_step_aside(ext, tmp_path):
     """Mixed quantizations, rows above the native limit, MLX_LOCAL_FUSED=off: mlx-lm's own code, same numbers."""
     model = _quantized_tiny(tmp_path, "llama")

@@ -42,7 +42,7 @@ import mlx.nn as nn
 
 from . import _cpu_kernels, _native
 
-__all__ = ["install", "set_fused", "fused_on", "scaled_dot_product_attention"]
+__all__ = ["install", "set_fused", "fused_on", "scaled_dot_product_attention", "attention_rows"]
 
 _FLOATS = (mx.float32, mx.bfloat16, mx.float16)
 
@@ -164,16 +164,8 @@ _original: Callable[..., mx.array] | None = None
 _SDPA = "scaled_dot_product_attention"  # the name the model modules import from mlx_lm.models.base
 
 
-def scaled_dot_product_attention(
-    queries: mx.array,
-    keys: mx.array,
-    values: mx.array,
-    cache: Any,
-    scale: float,
-    mask: Any,
-    sinks: Any = None,
-) -> mx.array:
-    """mlx-lm's ``scaled_dot_product_attention``, by the fused kernel where it applies."""
+def _sdpa_ext(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, mask: Any, sinks: Any) -> Any:
+    """The native module if its attention kernel computes this attention, else None."""
     ext = _ext()
     if (
         ext is not None
@@ -189,17 +181,53 @@ def scaled_dot_product_attention(
         and queries.dtype in _FLOATS
         and mx.default_device() == mx.cpu
     ):
-        if isinstance(mask, mx.array):
-            y: mx.array = ext.sdpa(queries, keys, values, float(scale), False, mask)
-        else:
-            y = ext.sdpa(queries, keys, values, float(scale), mask is not None)
-        return y
-    original = _original
-    if original is None:  # not installed: mlx-lm's own
+        return ext
+    return None
+
+
+def _fused_sdpa(ext: Any, queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: Any, flat: bool) -> mx.array:
+    if isinstance(mask, mx.array):
+        y: mx.array = ext.sdpa(queries, keys, values, float(scale), False, mask, flat)
+    else:
+        y = ext.sdpa(queries, keys, values, float(scale), mask is not None, None, flat)
+    return y
+
+
+def _original_sdpa() -> Callable[..., mx.array]:
+    if _original is None:  # not installed: mlx-lm's own
         from mlx_lm.models import base
 
-        original = base.scaled_dot_product_attention
-    return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+        return base.scaled_dot_product_attention  # type: ignore[no-any-return]
+    return _original
+
+
+def scaled_dot_product_attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    cache: Any,
+    scale: float,
+    mask: Any,
+    sinks: Any = None,
+) -> mx.array:
+    """mlx-lm's ``scaled_dot_product_attention``, by the fused kernel where it applies."""
+    ext = _sdpa_ext(queries, keys, values, cache, mask, sinks)
+    if ext is not None:
+        return _fused_sdpa(ext, queries, keys, values, scale, mask, False)
+    return _original_sdpa()(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+
+
+def attention_rows(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float, mask: Any) -> mx.array:
+    """The attention as ``[B, L, heads * head_dim]``: mlx-lm's SDPA, then its ``transpose(0, 2, 1, 3).reshape``.
+
+    The fused kernel writes that layout itself (one op instead of three).
+    """
+    ext = _sdpa_ext(queries, keys, values, cache, mask, None)
+    if ext is not None:
+        return _fused_sdpa(ext, queries, keys, values, scale, mask, True)
+    B, _, L, _ = queries.shape
+    out = _original_sdpa()(queries, keys, values, cache=cache, scale=scale, mask=mask)
+    return out.transpose(0, 2, 1, 3).reshape(B, L, -1)
 
 
 def _patch_attention() -> None:
@@ -225,4 +253,6 @@ def install(module: nn.Module) -> int:
     if ext is None or not hasattr(ext, "sdpa"):
         return 0
     _patch_attention()
-    return _swap_layers(module)
+    from ._cpu_blocks import swap_blocks  # q/k/v and gate/up as one native op each
+
+    return _swap_layers(module) + swap_blocks(module)

@@ -151,6 +151,13 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
   return x.dtype() == mx::float32 ? y : mx::astype(y, x.dtype(), st);
 }
 
+void rope_inv_freq(int dims, float base, const float* fr, int64_t fs, float* inv) {
+  const int half = dims / 2;
+  // as MLX's composed rope: exp(-i * log(base) / half) in float32, or 1 / freqs
+  const float lb = std::log(base > 0.f ? base : 1.f) / (float)half;
+  for (int i = 0; i < half; ++i) inv[i] = fr ? 1.f / fr[i * fs] : std::exp((float)(-i) * lb);
+}
+
 void RoPEOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   start(out, stream(), inputs);
   View x = view(inputs[0]);
@@ -159,11 +166,8 @@ void RoPEOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   auto& enc = mx::cpu::get_command_encoder(stream());
   enc.dispatch([x, fr, fs, y = out.data<float>(), dims = dims_, trad = traditional_, base = base_, scale = scale_,
                 offset = offset_]() {
-    const int half = dims / 2;
-    std::vector<float> inv(half);
-    // as MLX's composed rope: exp(-i * log(base) / half) in float32, or 1 / freqs
-    const float lb = std::log(base > 0.f ? base : 1.f) / (float)half;
-    for (int i = 0; i < half; ++i) inv[i] = fr ? 1.f / fr[i * fs] : std::exp((float)(-i) * lb);
+    std::vector<float> inv(dims / 2);
+    rope_inv_freq(dims, base, fr, fs, inv.data());
     fk::RopeArgs a;
     a.x = x.p;
     for (int i = 0; i < 4; ++i) a.xs[i] = x.st[i];
@@ -188,7 +192,7 @@ void RoPEOp::eval_gpu(const std::vector<mx::array>&, mx::array&) {
 // ------------------------------------------------------------------ attention
 
 mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,
-               const std::optional<mx::array>& mask) {
+               const std::optional<mx::array>& mask, bool flat) {
   for (const mx::array* a : {&q, &k, &v})
     if (a->ndim() != 4 || !is_float(a->dtype()))
       fail("sdpa", std::string(a == &q ? "q" : a == &k ? "k" : "v") + " must be a 4-D float array, got shape " +
@@ -226,18 +230,24 @@ mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float
     }
     in.push_back(m);
   }
-  auto y = mx::array(q.shape(), mx::float32, std::make_shared<SdpaOp>(st, scale, kind), in);
+  auto shape = flat ? mx::Shape{B, Lq, Hq * D} : q.shape();
+  auto y = mx::array(shape, mx::float32, std::make_shared<SdpaOp>(st, scale, kind, flat), in);
   return q.dtype() == mx::float32 ? y : mx::astype(y, q.dtype(), st);
 }
 
 void SdpaOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   // [B, Hq, Lq, D] with the memory of [B, Lq, Hq, D] (what the kernel writes)
-  const int64_t Hq = out.shape(1), Lq = out.shape(2), D = out.shape(3);
-  mx::array::Flags flags;
-  flags.contiguous = true;
-  flags.row_contiguous = Hq == 1 || Lq == 1;
-  flags.col_contiguous = out.size() <= 1;
-  out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), mx::Strides{Lq * Hq * D, D, Hq * D, 1}, flags);
+  // (flat: [B, Lq, Hq * D], the same memory)
+  const int64_t Hq = inputs[0].shape(1), Lq = inputs[0].shape(2), D = inputs[0].shape(3);
+  if (flat_) {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+  } else {
+    mx::array::Flags flags;
+    flags.contiguous = true;
+    flags.row_contiguous = Hq == 1 || Lq == 1;
+    flags.col_contiguous = out.size() <= 1;
+    out.set_data(mx::allocator::malloc(out.nbytes()), out.size(), mx::Strides{Lq * Hq * D, D, Hq * D, 1}, flags);
+  }
   auto& enc0 = mx::cpu::get_command_encoder(stream());
   for (auto& a : inputs) enc0.set_input_array(a);
   enc0.set_output_array(out);

@@ -24,8 +24,12 @@ mx::array rope(const mx::array& x, int dims, bool traditional, std::optional<flo
 // [B, Hkv, Lk, D] (Hq a multiple of Hkv, D a multiple of 16); `causal` (query
 // i sees keys <= Lk - Lq + i) or `mask` (bool, or additive, broadcastable to
 // [B, Hq, Lq, Lk]) or neither.
+// flat: the output as [B, Lq, Hq * D] (mlx-lm's transpose + reshape of it, no op of their own).
 mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, bool causal,
-               const std::optional<mx::array>& mask);
+               const std::optional<mx::array>& mask, bool flat = false);
+
+// RoPE's inverse frequencies as RoPEOp computes them: from base (> 0), else 1 / freqs[i * fs]; inv[dims / 2].
+void rope_inv_freq(int dims, float base, const float* freqs, int64_t fs, float* inv);
 
 class RMSNormOp : public mx::UnaryPrimitive {
  public:
@@ -66,21 +70,27 @@ class RoPEOp : public mx::UnaryPrimitive {
 
 class SdpaOp : public mx::UnaryPrimitive {
  public:
-  SdpaOp(mx::Stream s, float scale, int mask) : mx::UnaryPrimitive(s), scale_(scale), mask_(mask) {}
+  SdpaOp(mx::Stream s, float scale, int mask, bool flat = false)
+      : mx::UnaryPrimitive(s), scale_(scale), mask_(mask), flat_(flat) {}
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   const char* name() const override { return "MLXLocalSDPA"; }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const SdpaOp&>(other);
-    return scale_ == o.scale_ && mask_ == o.mask_;
+    return scale_ == o.scale_ && mask_ == o.mask_ && flat_ == o.flat_;
   }
   // [B, Hq, Lq, D], laid out as [B, Lq, Hq, D] (strides set in eval_cpu), so
-  // that mlx-lm's transpose back to [B, L, H*D] needs no copy
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override { return {in[0].shape()}; }
+  // that mlx-lm's transpose back to [B, L, H*D] needs no copy; flat: [B, Lq, Hq * D]
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    auto& q = in[0];
+    if (flat_) return {mx::Shape{q.shape(0), q.shape(2), q.shape(1) * q.shape(3)}};
+    return {q.shape()};
+  }
 
  private:
   float scale_;
   int mask_;
+  bool flat_;
 };
 
 }  // namespace mlxl

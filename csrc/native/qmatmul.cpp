@@ -13,9 +13,9 @@
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "pool.h"
+#include "qprep.h"
 
 namespace mlxl {
-namespace {
 
 bool has_avx2() {
   static bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -110,6 +110,8 @@ int prefetch_bytes() {
   }();
   return v;
 }
+
+namespace {
 
 struct Job {
   const Args* a;
@@ -209,11 +211,31 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, mx::array& 
   enc.set_input_array(s);
   enc.set_input_array(b);
   enc.set_output_array(out);
-  enc.dispatch([xp = x.data<float>(), sm = (int64_t)x.strides()[0], sk = (int64_t)x.strides()[1],
-                wp = w.data<uint8_t>(), sp = (const void*)s.data<uint8_t>(), bp = (const void*)b.data<uint8_t>(),
-                stype = scale_type(s.dtype()), yp = out.data<float>(), M = (int)x.shape(0), N = (int)w.shape(0),
-                K = (int)x.shape(1), G = group_, bits = bits_, mode = mode_, fn]() {
-    run(xp, sm, sk, wp, sp, bp, stype, yp, M, N, K, G, bits, mode, fn);
+  // x of any rank: M rows of K (2-D: any strides; else row contiguous, or packed here first)
+  const int K = (int)x.shape(-1), M = K > 0 ? (int)(x.size() / K) : 0;
+  const bool two_d = x.ndim() == 2, packed = !two_d && !x.flags().row_contiguous;
+  const int64_t sm = two_d ? (int64_t)x.strides()[0] : K, sk = two_d ? (int64_t)x.strides()[1] : 1;
+  std::vector<int> shape(x.shape().begin(), x.shape().end());
+  std::vector<int64_t> strides(x.strides().begin(), x.strides().end());
+  enc.dispatch([xp = x.data<float>(), sm, sk, packed, shape, strides, wp = w.data<uint8_t>(),
+                sp = (const void*)s.data<uint8_t>(), bp = (const void*)b.data<uint8_t>(),
+                stype = scale_type(s.dtype()), yp = out.data<float>(), M, N = (int)w.shape(0), K, G = group_,
+                bits = bits_, mode = mode_, fn]() {
+    std::vector<float> buf;
+    const float* xs = xp;
+    if (packed) {  // a non-contiguous N-D x (rare): its elements in order
+      buf.resize((size_t)M * K);
+      const int nd = (int)shape.size();
+      std::vector<int> idx(nd, 0);
+      for (size_t i = 0; i < buf.size(); ++i) {
+        int64_t off = 0;
+        for (int d = 0; d < nd; ++d) off += idx[d] * strides[d];
+        buf[i] = xp[off];
+        for (int d = nd - 1; d >= 0 && ++idx[d] == shape[d]; --d) idx[d] = 0;
+      }
+      xs = buf.data();
+    }
+    run(xs, sm, sk, wp, sp, bp, stype, yp, M, N, K, G, bits, mode, fn);
   });
 }
 
@@ -261,12 +283,10 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
   const auto out_dtype = mx::promote_types(x.dtype(), scales.dtype());
   auto out_shape = x.shape();
   out_shape.back() = N;
-  const int M = (int)(x.size() / K);
   auto xf = x.dtype() == mx::float32 ? x : mx::astype(x, mx::float32, st);
-  xf = mx::reshape(xf, {M, K}, st);
-  auto y = mx::array(mx::Shape{M, N}, mx::float32, std::make_shared<QuantizedMatmul>(st, group_size, bits, mode, isa),
+  // x of any rank, y [..., N] directly: no reshapes (each one more node for MLX to schedule)
+  auto y = mx::array(out_shape, mx::float32, std::make_shared<QuantizedMatmul>(st, group_size, bits, mode, isa),
                      {xf, wq, sc, bi});
-  y = mx::reshape(y, out_shape, st);
   if (out_dtype != mx::float32) y = mx::astype(y, out_dtype, st);
   return y;
 }

@@ -39,7 +39,9 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
     return group_ == o.group_ && bits_ == o.bits_ && mode_ == o.mode_ && isa_ == o.isa_;
   }
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {mx::Shape{in[0].shape(0), in[1].shape(0)}};
+    auto shape = in[0].shape();  // x [..., K] -> [..., N]
+    shape.back() = in[1].shape(0);
+    return {shape};
   }
 
  private:

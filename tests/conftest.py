@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,18 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 (_SESSION_DIR / "home").mkdir()
 if _REAL_ASSETS.is_dir():
     (_SESSION_DIR / "home" / "assets").symlink_to(_REAL_ASSETS, target_is_directory=True)
+
+# The processes the tests start (CLI, examples, notebooks, mlx.launch ranks) run without PyTorch, as a user's
+# install does: torch is only the `reference` extra, for test_reference's in-process comparisons. Installed, it is
+# imported by transformers (through mlx-lm's tokenizer loading) in every process that loads a model: ~5 s of
+# CPU each on this machine. A sitecustomize on the inherited PYTHONPATH hides it; the pytest workers, which
+# inherit the same PYTHONPATH, take it back just below.
+_NO_TORCH = _SESSION_DIR / "no-torch"
+_NO_TORCH.mkdir()
+(_NO_TORCH / "sitecustomize.py").write_text("import sys\n\nsys.modules.setdefault('torch', None)  # tests/conftest.py\n")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(_NO_TORCH)) if p)
+if "torch" in sys.modules and sys.modules["torch"] is None:  # an xdist worker started with the sitecustomize
+    del sys.modules["torch"]
 
 import pytest  # noqa: E402
 

@@ -100,12 +100,16 @@ def copy_tokenizer(arch: str, folder: Path) -> None:
         shutil.copy(src / name, folder / name)
 
 
-def write_tiny_model(folder: Path, arch: str, *, seed: int = 0, **config_overrides: Any) -> Path:
-    """Write a tiny `arch` model ("llama", "qwen3" or "gemma3") into `folder`."""
+def write_tiny_model(folder: Path, arch: str, *, seed: int = 0, scale: float = 0.2, **config_overrides: Any) -> Path:
+    """Write a tiny `arch` model ("llama", "qwen3" or "gemma3") into `folder`.
+
+    ``scale`` is the weights' standard deviation: smaller weights give flatter
+    logits, which quantization changes less (a smaller KL divergence).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = tiny_config(arch, **config_overrides)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(tiny_weights(config, seed), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(tiny_weights(config, seed, scale), str(folder / "model.safetensors"), metadata={"format": "pt"})
     copy_tokenizer(arch, folder)
     return folder

@@ -33,13 +33,11 @@ if _REAL_ASSETS.is_dir():
 # install does: torch is only the `reference` extra, for test_reference's in-process comparisons. Installed, it is
 # imported by transformers (through mlx-lm's tokenizer loading) in every process that loads a model: ~5 s of
 # CPU each on this machine. A sitecustomize on the inherited PYTHONPATH hides it; the pytest workers, which
-# inherit the same PYTHONPATH, take it back just below.
+# inherit the same PYTHONPATH, take it back in pytest_configure unless the slow tests (test_reference) are left out.
 _NO_TORCH = _SESSION_DIR / "no-torch"
 _NO_TORCH.mkdir()
 (_NO_TORCH / "sitecustomize.py").write_text("import sys\n\nsys.modules.setdefault('torch', None)  # tests/conftest.py\n")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(_NO_TORCH)) if p)
-if "torch" in sys.modules and sys.modules["torch"] is None:  # an xdist worker started with the sitecustomize
-    del sys.modules["torch"]
 
 import pytest  # noqa: E402
 
@@ -55,6 +53,31 @@ def asset_path(name: str) -> Path:
         return assets.path(name)
     except mlx_local.ModelNotFoundError as e:
         pytest.fail(f"Test asset missing: {e} (the README's test command fetches every asset).", pytrace=False)
+
+
+def _slow_tests_left_out(config: pytest.Config) -> bool:
+    """Whether ``-m`` leaves out the tests marked slow (the fast tier: ``-m "not slow"``)."""
+    markexpr = config.getoption("markexpr", default="") or ""
+    if not markexpr:
+        return False
+    try:
+        from _pytest.mark.expression import Expression
+
+        return not Expression.compile(markexpr).evaluate(lambda name, **kwargs: name == "slow")
+    except Exception:  # another pytest's internals: keep torch
+        return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Torch for this process only when a test here may use it: test_reference, which is slow (see above).
+
+    The fast tier saves importing it (through transformers) in each worker: seconds of its minute.
+    """
+    if not _slow_tests_left_out(config):
+        if "torch" in sys.modules and sys.modules["torch"] is None:  # an xdist worker started with the sitecustomize
+            del sys.modules["torch"]
+    elif "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tiny_models import write_tiny_model
+from tiny_models import write_tiny_llama_like_smollm2, write_tiny_model
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -56,10 +55,7 @@ def test_convert_and_compare_example(smollm2, tmp_path):
     here it is the script: three conversions with their reports, auto's choice, the table, the models written.
     On SmolLM2 the script takes minutes of a loaded 2-core machine; on this model seconds.
     """
-    tiny = write_tiny_model(tmp_path / "tiny-llama", "llama", scale=0.05, tie_word_embeddings=True, torch_dtype="float16",
-                            vocab_size=49152, bos_token_id=1, eos_token_id=2)  # fmt: skip
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copyfile(smollm2.path / name, tiny / name)
+    tiny = write_tiny_llama_like_smollm2(tmp_path / "tiny-llama", smollm2.path)
     out = tmp_path / "out"
     proc = run("convert_and_compare.py", str(out), MLX_LOCAL_MODEL=str(tiny), MLX_LOCAL_HOME=os.environ["MLX_LOCAL_HOME"],
                TMPDIR=str(tmp_path))  # fmt: skip

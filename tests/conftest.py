@@ -34,10 +34,15 @@ if _REAL_ASSETS.is_dir():
 # imported by transformers (through mlx-lm's tokenizer loading) in every process that loads a model: ~5 s of
 # CPU each on this machine. A sitecustomize on the inherited PYTHONPATH hides it; the pytest workers, which
 # inherit the same PYTHONPATH, take it back in pytest_configure unless the slow tests (test_reference) are left out.
-_NO_TORCH = _SESSION_DIR / "no-torch"
-_NO_TORCH.mkdir()
-(_NO_TORCH / "sitecustomize.py").write_text("import sys\n\nsys.modules.setdefault('torch', None)  # tests/conftest.py\n")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(_NO_TORCH)) if p)
+NO_TORCH = _SESSION_DIR / "no-torch"
+NO_TORCH.mkdir()
+(NO_TORCH / "sitecustomize.py").write_text("import sys\n\nsys.modules.setdefault('torch', None)  # tests/conftest.py\n")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(NO_TORCH)) if p)
+
+
+def pythonpath_with_torch() -> str:
+    """PYTHONPATH without the no-torch folders (this process's and an xdist controller's), for a child that keeps torch."""
+    return os.pathsep.join(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).name != NO_TORCH.name)
 
 import pytest  # noqa: E402
 

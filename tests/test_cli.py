@@ -15,6 +15,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from conftest import pythonpath_with_torch
 from hub_server import FakeHub
 from tiny_models import write_tiny_llama_like_smollm2, write_tiny_model
 
@@ -186,7 +187,10 @@ def test_chat_two_turns_undo_save_and_load(chat_session, tmp_path):
 
 
 def test_ctrl_c_stops_an_answer_and_keeps_the_session(smollm2_gguf, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm"}
+    # This one child keeps PyTorch (conftest hides it from the others): without it, run after the file's other
+    # tests, the Ctrl-C was lost (the answer ran its 400 tokens; 3 runs of 3), though it passed alone (3 of 3)
+    # and by hand (6 of 6, with and without torch). Not understood yet: see the suite branch's report.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm", "PYTHONPATH": pythonpath_with_torch()}
     child = pexpect.spawn(CLI, ["chat", "--temperature", "0", "--max-tokens", "400"], env=env, cwd=str(tmp_path),
                           encoding="utf-8", timeout=180, dimensions=(40, 200))  # fmt: skip
     child.expect_exact(">>> ")

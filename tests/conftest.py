@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,21 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 if _REAL_ASSETS.is_dir():
     (_SESSION_DIR / "home" / "assets").symlink_to(_REAL_ASSETS, target_is_directory=True)
 
+# The processes the tests start (CLI, examples, notebooks, mlx.launch ranks) run without PyTorch, as a user's
+# install does: torch is only the `reference` extra, for test_reference's in-process comparisons. Installed, it is
+# imported by transformers (through mlx-lm's tokenizer loading) in every process that loads a model: ~5 s of
+# CPU each on this machine. A sitecustomize on the inherited PYTHONPATH hides it; the pytest workers, which
+# inherit the same PYTHONPATH, take it back in pytest_configure unless the slow tests (test_reference) are left out.
+NO_TORCH = _SESSION_DIR / "no-torch"
+NO_TORCH.mkdir()
+(NO_TORCH / "sitecustomize.py").write_text("import sys\n\nsys.modules.setdefault('torch', None)  # tests/conftest.py\n")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(NO_TORCH)) if p)
+
+
+def pythonpath_with_torch() -> str:
+    """PYTHONPATH without the no-torch folders (this process's and an xdist controller's), for a child that keeps torch."""
+    return os.pathsep.join(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).name != NO_TORCH.name)
+
 import pytest  # noqa: E402
 
 pytest_plugins = ["_progress"]  # a line per test file as it finishes (tests/_progress.py)
@@ -42,6 +58,31 @@ def asset_path(name: str) -> Path:
         return assets.path(name)
     except mlx_local.ModelNotFoundError as e:
         pytest.fail(f"Test asset missing: {e} (the README's test command fetches every asset).", pytrace=False)
+
+
+def _slow_tests_left_out(config: pytest.Config) -> bool:
+    """Whether ``-m`` leaves out the tests marked slow (the fast tier: ``-m "not slow"``)."""
+    markexpr = config.getoption("markexpr", default="") or ""
+    if not markexpr:
+        return False
+    try:
+        from _pytest.mark.expression import Expression
+
+        return not Expression.compile(markexpr).evaluate(lambda name, **kwargs: name == "slow")
+    except Exception:  # another pytest's internals: keep torch
+        return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Torch for this process only when a test here may use it: test_reference, which is slow (see above).
+
+    The fast tier saves importing it (through transformers) in each worker: seconds of its minute.
+    """
+    if not _slow_tests_left_out(config):
+        if "torch" in sys.modules and sys.modules["torch"] is None:  # an xdist worker started with the sitecustomize
+            del sys.modules["torch"]
+    elif "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
 
 
 def pytest_sessionfinish(session, exitstatus):

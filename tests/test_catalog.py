@@ -78,6 +78,7 @@ def test_unknown_name_lists_the_closest(typo, expected, no_network):
     assert no_network == []
 
 
+@pytest.mark.slow  # over 5 s on a loaded 2-core machine
 def test_catalog_name_loads_the_mlx_4bit_repo(tmp_path, no_network, hf_cache):
     entry = catalog.lookup("qwen3-0.6b")
     tiny = write_tiny_model(tmp_path / "tiny", "qwen3", seed=3)
@@ -93,6 +94,7 @@ def test_catalog_name_loads_the_mlx_4bit_repo(tmp_path, no_network, hf_cache):
     assert no_network == []
 
 
+@pytest.mark.slow  # over 5 s on a loaded 2-core machine
 def test_embedded_smollm2_stands_in_when_its_repo_is_out_of_reach(no_network):
     model = mlx_local.Model.load("smollm2-135m", offline=True)
     assert model.name == "smollm2-135m"

@@ -15,8 +15,9 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from conftest import pythonpath_with_torch
 from hub_server import FakeHub
-from tiny_models import write_tiny_model
+from tiny_models import write_tiny_llama_like_smollm2, write_tiny_model
 
 pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
 
@@ -123,13 +124,16 @@ def test_pull_and_rm(tmp_path, tiny_folder):
         assert gone.returncode == 1 and "no Hugging Face repo" in gone.stderr
 
 
-def test_convert_prints_the_quality_report(tiny_folder, tmp_path):
-    proc = mlx_local_cmd("convert", str(tiny_folder), str(tmp_path / "q4"), "--bits", "4", "--group-size", "32", "--json")
+def test_convert_prints_the_quality_report(smollm2, tmp_path):
+    # SmolLM2's 49k-token vocabulary, not Qwen3's 152k: the quality measurement is ~2.5x quicker (43 s -> 17 s)
+    tiny = write_tiny_llama_like_smollm2(tmp_path / "tiny-llama", smollm2.path)
+    proc = mlx_local_cmd("convert", str(tiny), str(tmp_path / "q4"), "--bits", "4", "--group-size", "32", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["bits"] == 4 and report["group_size"] == 32 and report["quality"]["mean_kl"] >= 0
+    assert report["quality"]["tokens"] >= 500  # the default measurement, not a shortened one
     assert (tmp_path / "q4" / "config.json").is_file()
-    again = mlx_local_cmd("convert", str(tiny_folder), str(tmp_path / "q4"))
+    again = mlx_local_cmd("convert", str(tiny), str(tmp_path / "q4"))
     assert again.returncode == 1 and "pass --overwrite to replace it" in again.stderr  # the flag, not overwrite=True
 
 
@@ -183,7 +187,10 @@ def test_chat_two_turns_undo_save_and_load(chat_session, tmp_path):
 
 
 def test_ctrl_c_stops_an_answer_and_keeps_the_session(smollm2_gguf, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm"}
+    # This one child keeps PyTorch (conftest hides it from the others): without it, run after the file's other
+    # tests, the Ctrl-C was lost (the answer ran its 400 tokens; 3 runs of 3), though it passed alone (3 of 3)
+    # and by hand (6 of 6, with and without torch). Not understood yet: see the suite branch's report.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm", "PYTHONPATH": pythonpath_with_torch()}
     child = pexpect.spawn(CLI, ["chat", "--temperature", "0", "--max-tokens", "400"], env=env, cwd=str(tmp_path),
                           encoding="utf-8", timeout=180, dimensions=(40, 200))  # fmt: skip
     child.expect_exact(">>> ")

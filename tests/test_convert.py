@@ -27,7 +27,7 @@ from mlx_local import InvalidModelError, InvalidOptionError, ModelNotFoundError
 from mlx_local._recipes import AUTO_CANDIDATES, DEFAULT_MAX_KL, RECIPES
 from mlx_local.types import ConversionReport
 
-from conftest import put_in_hf_cache
+from conftest import put_in_hf_cache, pythonpath_with_torch
 from tiny_models import write_tiny_model
 
 pytestmark = pytest.mark.slow  # real models, subprocesses or the network stand-in
@@ -415,10 +415,13 @@ _KILLABLE = textwrap.dedent(
 
 def _start_killable(tiny: Path, dest: Path, tmp_path: Path) -> subprocess.Popen:
     marker = tmp_path / f"marker-{dest.name}"
+    # PyTorch kept in this child, as in test_cli's Ctrl-C test: torch-less, its SIGINT went unanswered once (60 s)
+    # in a whole-suite run (passes alone); not understood yet, see the suite branch's report.
     return subprocess.Popen(
         [sys.executable, "-c", _KILLABLE, str(tiny), str(dest), str(marker)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": pythonpath_with_torch()},
     )
 
 

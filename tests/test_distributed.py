@@ -55,7 +55,8 @@ def _ports(n: int = 3) -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), **extra}
+    path = [str(REPO), str(REPO / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]  # conftest's no-torch folder too
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), **extra}
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float, env: dict[str, str]) -> tuple[int, str, float]:
@@ -87,13 +88,15 @@ def launch(tmp_path: Path, script: str, *args: str, n: int = 2, timeout: float =
     return _run(cmd, tmp_path, timeout, _env(**env))
 
 
-def results(out: str) -> dict[int, Any]:
-    """The ``RESULT rank json`` lines the scripts print, by rank."""
+def results(out: str, section: str | None = None) -> dict[int, Any]:
+    """The ``RESULT rank json`` lines the scripts print (``RESULT section rank json`` for a section), by rank."""
     found = {}
+    prefix = "RESULT " if section is None else f"RESULT {section} "
     for line in out.splitlines():
-        if line.startswith("RESULT "):
-            _, rank, data = line.split(" ", 2)
-            found[int(rank)] = json.loads(data)
+        if line.startswith(prefix):
+            rank, data = line[len(prefix) :].split(" ", 1)
+            if rank.lstrip("-").isdigit():
+                found[int(rank)] = json.loads(data)
     return found
 
 
@@ -166,14 +169,41 @@ def test_launch_command_checks_its_input(tmp_path: Path, capsys: pytest.CaptureF
 
 # ---------------------------------------------------------------- launches
 
+# One launch runs both scripts on the same two ranks (the launch, not the checks, is what costs: ~15 s of
+# imports and joining on a loaded 2-core machine); each prints its own RESULT lines, asserted by its own test.
+ERRORS_SCRIPT = """
+    import json, os, sys
+    import mlx_local
+    from mlx_local.errors import MLXLocalError
+
+    paths = json.loads(sys.argv[1])
+    rank = int(os.environ["MLX_RANK"])
+    out = {}
+    def attempt(key, path, mode):
+        try:
+            mlx_local.Model.load(path, distributed=mode)
+            out[key] = "loaded"
+        except MLXLocalError as e:
+            out[key] = [type(e).__name__, str(e)]
+    attempt("no_shard", paths["gemma3"], "tensor")
+    attempt("no_pipeline", paths["qwen3"], "pipeline")
+    attempt("heads", paths["qwen3_odd"], "tensor")
+    attempt("mismatch", paths["qwen3" if rank == 0 else "qwen3_other"], "tensor")
+    m = mlx_local.Model.load(paths["ministral3"], distributed="pipeline")
+    out["repr"] = repr(m)
+    out["greedy"] = list(m.generate("Tell me a story", max_tokens=8, stop_loops=False).token_ids)
+    print("RESULT errors", rank, json.dumps(out), flush=True)
+"""
+
 SAME_SCRIPT = """
     import json, os, sys
     import mlx_local
     from mlx_local import _distributed
 
+    paths = json.loads(sys.argv[1])
     out = {}
     for key in ("qwen3_4bit", "qwen3"):
-        m = mlx_local.Model.load(sys.argv[1 if key == "qwen3" else 2], distributed="tensor")
+        m = mlx_local.Model.load(paths[key], distributed="tensor")
         r = {"repr": repr(m), "cpu_layers": sum(type(x).__name__.startswith("CPUQuantized") for _, x in m.module.named_modules())}
         r["greedy"] = list(m.generate("Tell me a story", max_tokens=8, stop_loops=False).token_ids)
         if key == "qwen3_4bit":
@@ -197,16 +227,27 @@ SAME_SCRIPT = """
             out["led_chat"] = m.chat().send("Hi", max_tokens=4).content
     else:
         out["followed"] = _distributed.follow(m)
-    print("RESULT", m.distributed.rank, json.dumps(out), flush=True)
+    print("RESULT same", m.distributed.rank, json.dumps(out), flush=True)
 """
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tiny: dict[str, Path], tiny_4bit: Path) -> str:
+    """The output of one 2-rank launch that ran ERRORS_SCRIPT, then SAME_SCRIPT."""
+    paths = json.dumps({**{k: str(v) for k, v in tiny.items()}, "qwen3_4bit": str(tiny_4bit)})
+    script = "import textwrap\n" + "\n".join(
+        f"exec(compile(textwrap.dedent({part!r}), {name!r}, 'exec'), {{'__name__': '__main__'}})"
+        for name, part in (("errors", ERRORS_SCRIPT), ("same", SAME_SCRIPT))
+    )
+    _, out, _ = launch(tiny["qwen3"].parent, script, paths, timeout=600)
+    return out
+
+
 @pytest.mark.slow
-def test_tensor_parallel_same_script_and_follower(tiny: dict[str, Path], tiny_4bit: Path) -> None:
+def test_tensor_parallel_same_script_and_follower(tiny: dict[str, Path], tiny_4bit: Path, two_ranks: str) -> None:
     tiny = {**tiny, "qwen3_4bit": tiny_4bit}
-    _, out, _ = launch(tiny["qwen3"].parent, SAME_SCRIPT, str(tiny["qwen3"]), str(tiny_4bit), timeout=600)
-    ranks = results(out)
-    assert set(ranks) == {0, 1}, out[-3000:]
+    ranks = results(two_ranks, "same")
+    assert set(ranks) == {0, 1}, two_ranks[-3000:]
     r0, r1 = ranks[0], ranks[1]
     for key in ("qwen3_4bit", "qwen3"):
         assert "rank 0 of 2, tensor parallel" in r0[key]["repr"] and "rank 1 of 2" in r1[key]["repr"]
@@ -221,37 +262,10 @@ def test_tensor_parallel_same_script_and_follower(tiny: dict[str, Path], tiny_4b
     assert r0["led_choice"] == one.generate("Yes or no?", choices=["yes", "no"]).text
 
 
-ERRORS_SCRIPT = """
-    import json, os, sys
-    import mlx_local
-    from mlx_local.errors import MLXLocalError
-
-    paths = json.loads(sys.argv[1])
-    rank = int(os.environ["MLX_RANK"])
-    out = {}
-    def attempt(key, path, mode):
-        try:
-            mlx_local.Model.load(path, distributed=mode)
-            out[key] = "loaded"
-        except MLXLocalError as e:
-            out[key] = [type(e).__name__, str(e)]
-    attempt("no_shard", paths["gemma3"], "tensor")
-    attempt("no_pipeline", paths["qwen3"], "pipeline")
-    attempt("heads", paths["qwen3_odd"], "tensor")
-    attempt("mismatch", paths["qwen3" if rank == 0 else "qwen3_other"], "tensor")
-    m = mlx_local.Model.load(paths["ministral3"], distributed="pipeline")
-    out["repr"] = repr(m)
-    out["greedy"] = list(m.generate("Tell me a story", max_tokens=8, stop_loops=False).token_ids)
-    print("RESULT", rank, json.dumps(out), flush=True)
-"""
-
-
 @pytest.mark.slow
-def test_pipeline_parallel_and_clear_errors(tiny: dict[str, Path]) -> None:
-    paths = json.dumps({k: str(v) for k, v in tiny.items()})
-    _, out, _ = launch(tiny["qwen3"].parent, ERRORS_SCRIPT, paths)
-    ranks = results(out)
-    assert set(ranks) == {0, 1}, out[-3000:]
+def test_pipeline_parallel_and_clear_errors(tiny: dict[str, Path], two_ranks: str) -> None:
+    ranks = results(two_ranks, "errors")
+    assert set(ranks) == {0, 1}, two_ranks[-3000:]
     for r in ranks.values():
         assert r["no_shard"][0] == "UnsupportedArchitectureError" and "'gemma3_text'" in r["no_shard"][1]
         assert r["no_pipeline"][0] == "UnsupportedArchitectureError" and "no pipeline()" in r["no_pipeline"][1]
@@ -339,10 +353,11 @@ def test_smollm2_float_on_three_ranks_matches_one_process(smollm2_gguf: Path, tm
         ids = list(m.generate("What is the capital of France?", max_tokens=3).token_ids)
         print("RESULT", m.distributed.rank, json.dumps(ids), flush=True)
     """
-    _, out, _ = launch(tmp_path, script, str(smollm2_gguf), n=3, timeout=400)
+    # Loaded here first, the float import is in the (shared) import cache: the three ranks read it, not redo it.
     one = mlx_local.Model.load(smollm2_gguf, gguf_weights="float")
     expected = list(one.generate("What is the capital of France?", max_tokens=3).token_ids)
-    assert results(out) == {0: expected, 1: expected, 2: expected}
+    _, out, _ = launch(tmp_path, script, str(smollm2_gguf), n=3, timeout=400)
+    assert results(out) == {0: expected, 1: expected, 2: expected}, out[-3000:]
 
 
 @pytest.mark.slow

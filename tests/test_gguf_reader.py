@@ -198,6 +198,7 @@ def smollm2_layout(smollm2_gguf: Path) -> dict[str, int]:
 # ------------------------------------------------------- same as GGUFReader
 
 
+@pytest.mark.slow  # over 5 s on a loaded 2-core machine
 def test_smollm2_same_as_gguf_reader(smollm2_gguf: Path) -> None:
     _assert_same_as_gguf_reader(smollm2_gguf)
     g = _read(smollm2_gguf)
@@ -272,6 +273,7 @@ def test_no_tensors_and_no_metadata(tmp_path: Path) -> None:
 # ---------------------------------------------------------- broken files
 
 
+@pytest.mark.slow  # over 5 s on a loaded 2-core machine
 def test_every_cut_of_a_small_file_is_refused(all_types: Path, tmp_path: Path) -> None:
     full = all_types.read_bytes()
     g = _read(all_types)
@@ -286,6 +288,7 @@ def test_every_cut_of_a_small_file_is_refused(all_types: Path, tmp_path: Path) -
     assert [t.name for t in _read(cut).tensors] == [t.name for t in g.tensors]
 
 
+@pytest.mark.slow  # over 5 s on a loaded 2-core machine
 @pytest.mark.parametrize(
     "where, delta",
     [("header", 10), ("header", 20), ("kv", 200), ("tokens", 100_000), ("merges", 7), ("first_info", 5),

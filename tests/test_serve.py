@@ -15,7 +15,6 @@ import time
 
 import httpx
 import pytest
-from openai import OpenAI
 from pydantic import BaseModel
 
 import mlx_local
@@ -38,6 +37,8 @@ def smol(smollm2, smollm2_gguf):
 
 @pytest.fixture(scope="module")
 def client(smol):
+    from openai import OpenAI  # here, not at the top: importing openai costs every worker ~1 s of collection
+
     return OpenAI(base_url=smol[0] + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
@@ -45,6 +46,8 @@ def client(smol):
 def qwen(tmp_path_factory):
     model = mlx_local.Model.load(write_tiny_model(tmp_path_factory.mktemp("sq") / "qwen3", "qwen3", seed=11))
     thinkers = Scripts(model, lambda: Thinker(model))
+    from openai import OpenAI
+
     with running(create_app(model, allow_load=False)) as url:
         yield OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60), model, thinkers
 
@@ -284,6 +287,8 @@ def test_the_command_serves(tmp_path):
                 pass
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.3)
+        from openai import OpenAI
+
         c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sekrit", max_retries=0, timeout=60)
         r = c.chat.completions.create(model="default", messages=CAPITAL, max_tokens=3)
         assert r.model == "tiny-llama" and r.usage.completion_tokens <= 3

@@ -15,7 +15,6 @@ import time
 
 import httpx
 import pytest
-from openai import AuthenticationError, OpenAI
 
 import mlx_local
 from mlx_local._serve_app import create_app
@@ -91,6 +90,8 @@ def test_missing_or_wrong_api_key(server, headers):
         error = assert_error(r, 401, code="invalid_api_key")
         assert "Bearer" in error["message"] and r.headers["www-authenticate"] == "Bearer"
     assert httpx.get(server[0] + "/health").json() == {"status": "ok"}  # health needs no key
+    from openai import AuthenticationError, OpenAI  # here: importing openai costs every worker ~1 s of collection
+
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=server[0] + "/v1", api_key="wrong", max_retries=0).models.list()
     assert OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0).models.list().data

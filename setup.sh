@@ -101,7 +101,7 @@ step "fetching model assets"
 if [ $dev = 1 ]; then .venv/bin/python -m mlx_local assets fetch; else .venv/bin/python -m mlx_local assets fetch smollm2; fi
 echo
 if [ $dev = 1 ]; then
-  echo "ready: .venv/bin/python -m pytest    (the whole suite: about 18 min on 2 quiet cores, longer on a busy machine; -m 'not slow': 30 s)"
+  echo "ready: .venv/bin/python -m pytest    (the whole suite: about 15 min on 2 quiet cores, longer on a busy machine; -m 'not slow': 30 s)"
 else
   echo "ready: .venv/bin/python examples/quickstart.py"
 fi

@@ -10,6 +10,7 @@
 #include "fused_kernels.h"
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "qprep.h"
 
 namespace mlxl {
 namespace {
@@ -110,19 +111,7 @@ void RMSNormOp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   enc.dispatch([xp = x.data<float>(), shape, strides, rowwise, rows, D, w, y = out.data<float>(), eps = eps_]() mutable {
     std::vector<float> bx, bw;
     pack_last(w, bw);
-    const float* xs = xp;
-    if (!rowwise) {
-      bx.resize((size_t)rows * D);
-      const int nd = (int)shape.size();
-      std::vector<int> idx(nd, 0);
-      for (size_t i = 0; i < bx.size(); ++i) {
-        int64_t off = 0;
-        for (int a = 0; a < nd; ++a) off += idx[a] * strides[a];
-        bx[i] = xp[off];
-        for (int a = nd - 1; a >= 0 && ++idx[a] == shape[a]; --a) idx[a] = 0;
-      }
-      xs = bx.data();
-    }
+    const float* xs = in_order(xp, rowwise, shape, strides, bx);
     fk::rms_norm(xs, D, w.p, y, rows, D, eps);
   });
 }

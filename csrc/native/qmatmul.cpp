@@ -111,6 +111,44 @@ int prefetch_bytes() {
   return v;
 }
 
+void Activations::prepare(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int bits, bool int8, Args& a) {
+  xq.resize(int8 ? (size_t)M * K : 1);
+  dvec.resize(int8 ? (size_t)M * K / 8 : 1);
+  xf.resize(int8 ? 1 : (size_t)M * K);
+  xsum.resize((size_t)M * K / G);
+  prep_x(x, sm, sk, M, K, G, bits, int8, xq.data(), dvec.data(), xf.data(), xsum.data());
+  a.xq = xq.data();
+  a.dvec = dvec.data();
+  a.xf = xf.data();
+  a.xsum = xsum.data();
+}
+
+bool Activations::release_if_long(int M, int K) {
+  if ((size_t)M * K <= ((size_t)1 << 20)) return false;
+  std::vector<int8_t>().swap(xq);
+  std::vector<float>().swap(dvec);
+  std::vector<float>().swap(xf);
+  std::vector<float>().swap(xsum);
+  return true;
+}
+
+const float* in_order(const float* p, bool contiguous, const std::vector<int>& shape, const std::vector<int64_t>& strides,
+                      std::vector<float>& buf) {
+  if (contiguous) return p;
+  size_t n = 1;
+  for (int d : shape) n *= (size_t)d;
+  buf.resize(n);
+  const int nd = (int)shape.size();
+  std::vector<int> idx(nd, 0);
+  for (size_t i = 0; i < n; ++i) {
+    int64_t off = 0;
+    for (int d = 0; d < nd; ++d) off += idx[d] * strides[d];
+    buf[i] = p[off];
+    for (int d = nd - 1; d >= 0 && ++idx[d] == shape[d]; --d) idx[d] = 0;
+  }
+  return buf.data();
+}
+
 namespace {
 
 struct Job {
@@ -124,14 +162,7 @@ void job_body(const void* p, int lo, int hi) {
 
 void run(const float* x, int64_t sm, int64_t sk, const uint8_t* w, const void* s, const void* b, int stype, float* y,
          int M, int N, int K, int G, int bits, int mode, RowsFn fn) {
-  thread_local std::vector<int8_t> xq;
-  thread_local std::vector<float> dvec, xf, xsum;
-  const bool int8 = mode == MODE_INT8;
-  xq.resize(int8 ? (size_t)M * K : 1);
-  dvec.resize(int8 ? (size_t)M * K / 8 : 1);
-  xf.resize(int8 ? 1 : (size_t)M * K);
-  xsum.resize((size_t)M * K / G);
-  prep_x(x, sm, sk, M, K, G, bits, int8, xq.data(), dvec.data(), xf.data(), xsum.data());
+  thread_local Activations acts;
   Args a;
   a.w = w;
   a.scales = s;
@@ -142,10 +173,7 @@ void run(const float* x, int64_t sm, int64_t sk, const uint8_t* w, const void* s
   a.K = K;
   a.G = G;
   a.M = M;
-  a.xq = xq.data();
-  a.dvec = dvec.data();
-  a.xf = xf.data();
-  a.xsum = xsum.data();
+  acts.prepare(x, sm, sk, M, K, G, bits, mode == MODE_INT8, a);
   a.y = y;
   a.pf = prefetch_bytes();
   const int nt = num_threads();
@@ -157,13 +185,7 @@ void run(const float* x, int64_t sm, int64_t sk, const uint8_t* w, const void* s
     const int chunk = (N / (nt * 8) + 63) / 64 * 64;
     parallel_for(job_body, &job, N, chunk < 64 ? 64 : chunk);
   }
-  // a long prompt's prepared activations (as large as x) are not kept for the next call
-  if ((size_t)M * K > ((size_t)1 << 20)) {
-    std::vector<int8_t>().swap(xq);
-    std::vector<float>().swap(dvec);
-    std::vector<float>().swap(xf);
-    std::vector<float>().swap(xsum);
-  }
+  acts.release_if_long(M, K);
 }
 
 std::string shape_str(const mx::array& a) {
@@ -221,20 +243,8 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, mx::array& 
                 sp = (const void*)s.data<uint8_t>(), bp = (const void*)b.data<uint8_t>(),
                 stype = scale_type(s.dtype()), yp = out.data<float>(), M, N = (int)w.shape(0), K, G = group_,
                 bits = bits_, mode = mode_, fn]() {
-    std::vector<float> buf;
-    const float* xs = xp;
-    if (packed) {  // a non-contiguous N-D x (rare): its elements in order
-      buf.resize((size_t)M * K);
-      const int nd = (int)shape.size();
-      std::vector<int> idx(nd, 0);
-      for (size_t i = 0; i < buf.size(); ++i) {
-        int64_t off = 0;
-        for (int d = 0; d < nd; ++d) off += idx[d] * strides[d];
-        buf[i] = xp[off];
-        for (int d = nd - 1; d >= 0 && ++idx[d] == shape[d]; --d) idx[d] = 0;
-      }
-      xs = buf.data();
-    }
+    std::vector<float> buf;  // a non-contiguous N-D x (rare): its elements in order
+    const float* xs = in_order(xp, !packed, shape, strides, buf);
     run(xs, sm, sk, wp, sp, bp, stype, yp, M, N, K, G, bits, mode, fn);
   });
 }

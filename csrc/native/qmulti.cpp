@@ -111,24 +111,6 @@ struct Epilogue {
   float* rot_y[2] = {nullptr, nullptr};  // the outputs, contiguous [B, h, L, D]
 };
 
-// A's elements in row-major order: its data if row contiguous, else copied into buf.
-const float* in_order(const float* p, bool contiguous, const std::vector<int>& shape,
-                      const std::vector<int64_t>& strides, std::vector<float>& buf) {
-  if (contiguous) return p;
-  size_t n = 1;
-  for (int d : shape) n *= (size_t)d;
-  buf.resize(n);
-  const int nd = (int)shape.size();
-  std::vector<int> idx(nd, 0);
-  for (size_t i = 0; i < n; ++i) {
-    int64_t off = 0;
-    for (int d = 0; d < nd; ++d) off += idx[d] * strides[d];
-    buf[i] = p[off];
-    for (int d = nd - 1; d >= 0 && ++idx[d] == shape[d]; --d) idx[d] = 0;
-  }
-  return buf.data();
-}
-
 void multi_body(const void* p, int lo, int hi) {
   const Job* j = static_cast<const Job*>(p);
   for (size_t i = 0; i < j->a.size(); ++i) {
@@ -165,14 +147,10 @@ void swiglu_body(const void* p, int lo, int hi) {
 // x [M, K] (float32, strides sm / sk) times every projection, on the pool.
 void run_multi(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int bits, int mode, RowsFn fn,
                const std::vector<Proj>& ps, bool swiglu, const Epilogue& ep) {
-  thread_local std::vector<int8_t> xq;
-  thread_local std::vector<float> dvec, xf, xsum, up;
-  const bool int8 = mode == MODE_INT8;
-  xq.resize(int8 ? (size_t)M * K : 1);
-  dvec.resize(int8 ? (size_t)M * K / 8 : 1);
-  xf.resize(int8 ? 1 : (size_t)M * K);
-  xsum.resize((size_t)M * K / G);
-  prep_x(x, sm, sk, M, K, G, bits, int8, xq.data(), dvec.data(), xf.data(), xsum.data());
+  thread_local Activations acts;
+  thread_local std::vector<float> up;
+  Args prepared;
+  acts.prepare(x, sm, sk, M, K, G, bits, mode == MODE_INT8, prepared);
   Job job;
   job.fn = fn;
   job.res = ep.res;
@@ -188,10 +166,10 @@ void run_multi(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int 
     a.K = K;
     a.G = G;
     a.M = M;
-    a.xq = xq.data();
-    a.dvec = dvec.data();
-    a.xf = xf.data();
-    a.xsum = xsum.data();
+    a.xq = prepared.xq;
+    a.dvec = prepared.dvec;
+    a.xf = prepared.xf;
+    a.xsum = prepared.xsum;
     a.y = p.y;
     a.pf = prefetch_bytes();
     job.a.push_back(a);
@@ -246,11 +224,7 @@ void run_multi(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int 
       fk::rope(a);
     }
   }
-  if ((size_t)M * K > ((size_t)1 << 20)) {  // as quantized_matmul: a long prompt's buffers are not kept
-    std::vector<int8_t>().swap(xq);
-    std::vector<float>().swap(dvec);
-    std::vector<float>().swap(xf);
-    std::vector<float>().swap(xsum);
+  if (acts.release_if_long(M, K)) {  // as quantized_matmul: a long prompt's buffers are not kept
     std::vector<float>().swap(up);
     std::vector<float>().swap(rot[0]);
     std::vector<float>().swap(rot[1]);

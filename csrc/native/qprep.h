@@ -1,9 +1,11 @@
 // The quantized matmul's shared steps (defined in qmatmul.cpp), for the ops
-// that run its row kernels on several weights at once (qmulti.cpp).
+// that run its row kernels on several weights at once (qmulti.cpp) and the
+// fused ops (fused.cpp, in_order).
 #pragma once
 #include <stdint.h>
 
 #include <string>
+#include <vector>
 
 #include "kernels.h"
 #include "mlx/array.h"
@@ -22,5 +24,20 @@ void prep_x(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int bit
             float* xf, float* xsum);
 // The kernels' software prefetch distance (MLX_LOCAL_NATIVE_PREFETCH).
 int prefetch_bytes();
+
+// The prepared activations of M rows of x: buffers kept (thread-local) from call to call.
+struct Activations {
+  std::vector<int8_t> xq;
+  std::vector<float> dvec, xf, xsum;
+  // prep_x into the buffers, and point a's xq / dvec / xf / xsum at them
+  void prepare(const float* x, int64_t sm, int64_t sk, int M, int K, int G, int bits, bool int8, Args& a);
+  // a long prompt's prepared activations (as large as x) are not kept for the next call
+  bool release_if_long(int M, int K);
+};
+
+// The elements of an array (shape, strides in elements) in row-major order: p itself if
+// contiguous, else copied into buf.
+const float* in_order(const float* p, bool contiguous, const std::vector<int>& shape, const std::vector<int64_t>& strides,
+                      std::vector<float>& buf);
 
 }  // namespace mlxl
